@@ -1,0 +1,1 @@
+pub mod config; pub mod error; pub use error::{ModelError, Result};
