@@ -1,0 +1,244 @@
+//! The Llama-family decoder: one implementation for Llama, SmolLM, Mistral and Qwen2, written on
+//! candle primitives, with a chunked, truncatable KV cache and logits for any subset of the new
+//! positions.
+
+use crate::config::{ModelConfig, RopeStyle};
+use crate::weights::{Embedding, Linear, WeightSource};
+use crate::Result;
+use candle_core::{DType, Device, Tensor};
+use specula_core::{CausalLm, CoreError, LogitsSelection, TokenId};
+use specula_kv::{KvCache, KvConfig, KvError};
+
+/// Positions allocated at a time by the KV cache.
+pub const DEFAULT_KV_CHUNK: usize = 256;
+
+#[derive(Debug, Clone)]
+struct Block {
+    attn_norm: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    ffn_norm: Tensor,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// A Llama-family decoder with its KV cache. Implements [`CausalLm`].
+#[derive(Debug, Clone)]
+pub struct LlamaModel {
+    cfg: ModelConfig,
+    embed: Embedding,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    lm_head: Linear,
+    cos: Tensor,
+    sin: Tensor,
+    cache: KvCache,
+    device: Device,
+}
+
+impl LlamaModel {
+    /// Builds the model from a weight source. `progress(done, total)` is called once per layer.
+    pub(crate) fn load(
+        cfg: ModelConfig,
+        src: &mut dyn WeightSource,
+        device: &Device,
+        max_seq_len: usize,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let (h, hd) = (cfg.hidden_size, cfg.head_dim);
+        let (nh, nkv) = (cfg.num_heads, cfg.num_kv_heads);
+        let total = cfg.num_layers + 2;
+        let embed = src.embedding("model.embed_tokens.weight", cfg.vocab_size, h)?;
+        progress(1, total);
+        let mut blocks = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let p = format!("model.layers.{i}");
+            let bias = cfg.attention_bias;
+            blocks.push(Block {
+                attn_norm: src.vector(&format!("{p}.input_layernorm.weight"), h)?,
+                q: src.linear(&format!("{p}.self_attn.q_proj"), nh * hd, h, bias)?,
+                k: src.linear(&format!("{p}.self_attn.k_proj"), nkv * hd, h, bias)?,
+                v: src.linear(&format!("{p}.self_attn.v_proj"), nkv * hd, h, bias)?,
+                o: src.linear(&format!("{p}.self_attn.o_proj"), h, nh * hd, false)?,
+                ffn_norm: src.vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
+                gate: src.linear(&format!("{p}.mlp.gate_proj"), cfg.intermediate_size, h, false)?,
+                up: src.linear(&format!("{p}.mlp.up_proj"), cfg.intermediate_size, h, false)?,
+                down: src.linear(&format!("{p}.mlp.down_proj"), h, cfg.intermediate_size, false)?,
+            });
+            progress(i + 2, total);
+        }
+        let norm = src.vector("model.norm.weight", h)?;
+        let lm_head = if !cfg.tie_word_embeddings && src.contains("lm_head.weight") {
+            src.linear("lm_head", cfg.vocab_size, h, false)?
+        } else {
+            src.tied_output("model.embed_tokens.weight", cfg.vocab_size, h)?
+        };
+        progress(total, total);
+
+        let max_seq_len = max_seq_len.min(cfg.max_seq_len).max(1);
+        let (cos, sin) = rope_tables(cfg.rope_theta, hd, max_seq_len, device)?;
+        let cache = KvCache::new(KvConfig {
+            n_layers: cfg.num_layers,
+            n_kv_heads: nkv,
+            head_dim: hd,
+            max_len: max_seq_len,
+            chunk: DEFAULT_KV_CHUNK,
+            dtype: DType::F32,
+            device: device.clone(),
+        });
+        Ok(LlamaModel {
+            cfg,
+            embed,
+            blocks,
+            norm,
+            lm_head,
+            cos,
+            sin,
+            cache,
+            device: device.clone(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// The KV cache (read-only: length, capacity, memory).
+    pub fn cache(&self) -> &KvCache {
+        &self.cache
+    }
+
+    fn forward_inner(&mut self, tokens: &[TokenId], select: LogitsSelection) -> candle_core::Result<Tensor> {
+        let n = tokens.len();
+        let pos = self.cache.len();
+        let ids = Tensor::new(tokens, &self.device)?;
+        let mut x = self.embed.forward(&ids)?.unsqueeze(0)?; // (1, n, h)
+        let cos = self.cos.narrow(0, pos, n)?;
+        let sin = self.sin.narrow(0, pos, n)?;
+        let total = pos + n;
+        let mask = if n > 1 {
+            let data: Vec<f32> = (0..n)
+                .flat_map(|i| (0..total).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 }))
+                .collect();
+            Some(Tensor::from_vec(data, (n, total), &self.device)?)
+        } else {
+            None
+        };
+        let (nh, nkv, hd) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
+        let groups = nh / nkv;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let eps = self.cfg.rms_norm_eps as f32;
+        for (layer, b) in self.blocks.iter().enumerate() {
+            let residual = x.clone();
+            let hs = candle_nn::ops::rms_norm(&x, &b.attn_norm, eps)?;
+            let q = b.q.forward(&hs)?.reshape((1, n, nh, hd))?.transpose(1, 2)?.contiguous()?;
+            let k = b.k.forward(&hs)?.reshape((1, n, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+            let v = b.v.forward(&hs)?.reshape((1, n, nkv, hd))?.transpose(1, 2)?;
+            let (q, k) = match self.cfg.rope_style {
+                RopeStyle::Half => (
+                    candle_nn::rotary_emb::rope(&q, &cos, &sin)?,
+                    candle_nn::rotary_emb::rope(&k, &cos, &sin)?,
+                ),
+                RopeStyle::Interleaved => (
+                    candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?,
+                    candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?,
+                ),
+            };
+            let (k_all, v_all) = self
+                .cache
+                .append(layer, &k, &v)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            // GQA without copying K/V: fold the query heads that share a KV head into rows.
+            let q = q.reshape((1, nkv, groups * n, hd))?;
+            let scores = (q.matmul(&k_all.t()?)? * scale)?; // (1, nkv, groups*n, total)
+            let scores = match &mask {
+                Some(m) => scores
+                    .reshape((1, nkv, groups, n, total))?
+                    .broadcast_add(m)?
+                    .reshape((1, nkv, groups * n, total))?,
+                None => scores,
+            };
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let attn = probs
+                .matmul(&v_all)? // (1, nkv, groups*n, hd)
+                .reshape((1, nh, n, hd))?
+                .transpose(1, 2)?
+                .reshape((1, n, nh * hd))?;
+            x = (b.o.forward(&attn)? + residual)?;
+            let residual = x.clone();
+            let hs = candle_nn::ops::rms_norm(&x, &b.ffn_norm, eps)?;
+            let gated = (candle_nn::ops::silu(&b.gate.forward(&hs)?)? * b.up.forward(&hs)?)?;
+            x = (b.down.forward(&gated)? + residual)?;
+        }
+        let range = select.range(n);
+        let x = x.narrow(1, range.start, range.len())?;
+        let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
+        let logits = self.lm_head.forward(&x)?.squeeze(0)?; // (selected, vocab)
+        logits.to_dtype(DType::F32)
+    }
+}
+
+/// cos/sin tables of shape `(max_len, head_dim / 2)`.
+fn rope_tables(theta: f32, head_dim: usize, max_len: usize, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
+    let half = head_dim / 2;
+    let inv: Vec<f32> = (0..half)
+        .map(|i| 1.0 / theta.powf(2.0 * i as f32 / head_dim as f32))
+        .collect();
+    let inv = Tensor::from_vec(inv, (1, half), device)?;
+    let t = Tensor::arange(0u32, max_len as u32, device)?
+        .to_dtype(DType::F32)?
+        .reshape((max_len, 1))?;
+    let freqs = t.broadcast_mul(&inv)?;
+    Ok((freqs.cos()?, freqs.sin()?))
+}
+
+impl CausalLm for LlamaModel {
+    fn forward(&mut self, tokens: &[TokenId], logits: LogitsSelection) -> specula_core::Result<Tensor> {
+        if tokens.is_empty() {
+            return Err(CoreError::EmptyPrompt);
+        }
+        let vocab = self.cfg.vocab_size;
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(CoreError::TokenOutOfRange { id, vocab });
+        }
+        self.cache.reserve(tokens.len()).map_err(|e| match e {
+            KvError::ContextExceeded { needed, max_len } => CoreError::ContextExceeded { needed, limit: max_len },
+            other => CoreError::Backend(candle_core::Error::Msg(other.to_string())),
+        })?;
+        let out = self.forward_inner(tokens, logits)?;
+        self.cache
+            .commit(tokens.len())
+            .map_err(|e| CoreError::Backend(candle_core::Error::Msg(e.to_string())))?;
+        Ok(out)
+    }
+
+    fn seq_len(&self) -> usize {
+        self.cache.len()
+    }
+
+    fn truncate(&mut self, len: usize) -> specula_core::Result<()> {
+        self.cache.truncate(len).map_err(|e| CoreError::invalid("len", e.to_string()))
+    }
+
+    fn reset(&mut self) {
+        self.cache.clear();
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.cfg.vocab_size
+    }
+
+    fn max_seq_len(&self) -> usize {
+        self.cache.max_len()
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+}
+
