@@ -1,0 +1,365 @@
+//! The `Generator`: prompt in, tokens and text out.
+
+use crate::stream::TextStreamer;
+use crate::{Error, Result};
+use candle_core::DType;
+use specula_core::{
+    CausalLm, CoreError, FinishReason, GenerationMetrics, LogitsProcessor, LogitsSelection, SamplingParams,
+    StopStringMatcher, TokenId,
+};
+use specula_models::{ChatMessage, DeviceChoice, LoadOptions, ModelError, ModelSource, Tokenizer};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// What to generate: sampling, length and stop conditions.
+///
+/// ```
+/// use specula::{GenerateParams, SamplingParams};
+/// let p = GenerateParams::new(128)
+///     .sampling(SamplingParams { temperature: 0.8, top_p: 0.95, seed: 1, ..Default::default() })
+///     .stop("\n\n");
+/// assert_eq!(p.max_new_tokens, 128);
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GenerateParams {
+    /// Sampling parameters (greedy by default).
+    pub sampling: SamplingParams,
+    /// Maximum new tokens (at least 1).
+    pub max_new_tokens: usize,
+    /// Generation ends when the text contains one of these (the stop string is not returned).
+    pub stop_strings: Vec<String>,
+    /// Keep generating past end-of-sequence tokens (for benchmarks of fixed length).
+    pub ignore_eos: bool,
+}
+
+impl Default for GenerateParams {
+    fn default() -> Self {
+        Self::new(256)
+    }
+}
+
+impl GenerateParams {
+    /// Greedy generation of at most `max_new_tokens` tokens.
+    pub fn new(max_new_tokens: usize) -> Self {
+        GenerateParams {
+            sampling: SamplingParams::default(),
+            max_new_tokens,
+            stop_strings: Vec::new(),
+            ignore_eos: false,
+        }
+    }
+
+    /// Sets the sampling parameters.
+    pub fn sampling(mut self, sampling: SamplingParams) -> Self {
+        self.sampling = sampling;
+        self
+    }
+
+    /// Adds a stop string.
+    pub fn stop(mut self, s: impl Into<String>) -> Self {
+        self.stop_strings.push(s.into());
+        self
+    }
+
+    /// Checks all parameters.
+    pub fn validate(&self) -> Result<()> {
+        self.sampling.validate()?;
+        if self.max_new_tokens == 0 {
+            return Err(CoreError::invalid("max_new_tokens", "must be at least 1").into());
+        }
+        Ok(())
+    }
+}
+
+/// The result of one request.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Generation {
+    /// Generated text (without the prompt, the EOS token or the stop string).
+    pub text: String,
+    /// Generated token ids: for a stop string, up to and including the token that completed it;
+    /// an EOS token is not included.
+    pub tokens: Vec<TokenId>,
+    /// Why generation ended.
+    pub finish_reason: FinishReason,
+    /// Timing.
+    pub metrics: GenerationMetrics,
+}
+
+/// Loads a model and its tokenizer into a [`Generator`].
+#[derive(Default)]
+pub struct GeneratorBuilder {
+    source: Option<ModelSource>,
+    device: DeviceChoice,
+    dtype: Option<DType>,
+    max_seq_len: Option<usize>,
+    tokenizer: Option<PathBuf>,
+    hub_cache: Option<PathBuf>,
+    progress: Option<Box<dyn FnMut(usize, usize)>>,
+}
+
+impl GeneratorBuilder {
+    /// The model to load (required).
+    pub fn model(mut self, source: ModelSource) -> Self {
+        self.source = Some(source);
+        self
+    }
+
+    /// The device (default: auto).
+    pub fn device(mut self, device: DeviceChoice) -> Self {
+        self.device = device;
+        self
+    }
+
+    /// Dense weight dtype (safetensors compute dtype; for GGUF, dequantize to it at load).
+    pub fn dtype(mut self, dtype: DType) -> Self {
+        self.dtype = Some(dtype);
+        self
+    }
+
+    /// Caps the context length (saves KV memory).
+    pub fn max_seq_len(mut self, n: usize) -> Self {
+        self.max_seq_len = Some(n);
+        self
+    }
+
+    /// Uses this `tokenizer.json` instead of the model's.
+    pub fn tokenizer(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tokenizer = Some(path.into());
+        self
+    }
+
+    /// Hub cache directory.
+    pub fn hub_cache(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.hub_cache = Some(dir.into());
+        self
+    }
+
+    /// Called with `(done, total)` while weights load.
+    pub fn progress(mut self, f: impl FnMut(usize, usize) + 'static) -> Self {
+        self.progress = Some(Box::new(f));
+        self
+    }
+
+    /// Loads everything.
+    pub fn build(self) -> Result<Generator> {
+        let source = self
+            .source
+            .ok_or_else(|| Error::Config("no model given; call .model(ModelSource::...)".into()))?;
+        let opts = LoadOptions {
+            device: self.device.open()?,
+            dtype: self.dtype,
+            max_seq_len: self.max_seq_len,
+            tokenizer: self.tokenizer,
+            hub_cache: self.hub_cache,
+        };
+        let mut progress = self.progress.unwrap_or_else(|| Box::new(|_, _| {}));
+        let loaded = specula_models::load_with_progress(&source, &opts, &mut *progress)?;
+        Generator::new(loaded.model, loaded.tokenizer)
+    }
+}
+
+/// Generates text with a causal language model.
+pub struct Generator {
+    model: Box<dyn CausalLm + Send>,
+    tokenizer: Tokenizer,
+}
+
+impl std::fmt::Debug for Generator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generator")
+            .field("vocab_size", &self.model.vocab_size())
+            .field("max_seq_len", &self.model.max_seq_len())
+            .finish()
+    }
+}
+
+impl Generator {
+    /// A builder that loads a model from a [`ModelSource`].
+    pub fn builder() -> GeneratorBuilder {
+        GeneratorBuilder::default()
+    }
+
+    /// Wraps an already loaded model; errors if the tokenizer can produce ids the model lacks.
+    pub fn new(model: impl CausalLm + Send + 'static, tokenizer: Tokenizer) -> Result<Self> {
+        if tokenizer.vocab_size() > model.vocab_size() {
+            return Err(ModelError::VocabMismatch {
+                tokenizer: tokenizer.vocab_size(),
+                model: model.vocab_size(),
+            }
+            .into());
+        }
+        Ok(Generator {
+            model: Box::new(model),
+            tokenizer,
+        })
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The model.
+    pub fn model(&self) -> &dyn CausalLm {
+        &*self.model
+    }
+
+    /// Generates a completion of `prompt`.
+    pub fn generate(&mut self, prompt: &str, params: &GenerateParams) -> Result<Generation> {
+        self.generate_stream(prompt, params, |_| {})
+    }
+
+    /// Generates a completion of `prompt`, calling `on_text` with each new piece of text as soon
+    /// as it is final (never a partial UTF-8 character, never part of a stop string).
+    pub fn generate_stream(
+        &mut self,
+        prompt: &str,
+        params: &GenerateParams,
+        on_text: impl FnMut(&str),
+    ) -> Result<Generation> {
+        params.validate()?;
+        let ids = self.tokenizer.encode(prompt)?;
+        self.generate_from_ids(&ids, params, on_text)
+    }
+
+    /// Renders `messages` with the model's chat template, then generates the assistant's reply.
+    pub fn generate_chat(
+        &mut self,
+        messages: &[ChatMessage],
+        params: &GenerateParams,
+        on_text: impl FnMut(&str),
+    ) -> Result<Generation> {
+        let prompt = self.tokenizer.apply_chat_template(messages)?;
+        self.generate_stream(&prompt, params, on_text)
+    }
+
+    /// Generates from already tokenized input.
+    pub fn generate_from_ids(
+        &mut self,
+        prompt: &[TokenId],
+        params: &GenerateParams,
+        mut on_text: impl FnMut(&str),
+    ) -> Result<Generation> {
+        params.validate()?;
+        if prompt.is_empty() {
+            return Err(CoreError::EmptyPrompt.into());
+        }
+        let limit = self.model.max_seq_len();
+        if prompt.len() >= limit {
+            return Err(CoreError::ContextExceeded {
+                needed: prompt.len() + 1,
+                limit,
+            }
+            .into());
+        }
+        let eos: Vec<TokenId> = if params.ignore_eos {
+            Vec::new()
+        } else {
+            self.tokenizer.eos_token_ids().to_vec()
+        };
+        let stops = StopStringMatcher::new(params.stop_strings.clone());
+        let mut sampler = LogitsProcessor::new(params.sampling.clone())?;
+
+        let start = Instant::now();
+        self.model.reset();
+        let mut logits = self.model.forward(prompt, LogitsSelection::Last)?;
+        let prefill = start.elapsed();
+
+        let mut history = prompt.to_vec();
+        let mut out = Output::new(&self.tokenizer, stops);
+        let mut token_times: Vec<Duration> = Vec::new();
+        let finish = loop {
+            let row: Vec<f32> = logits.squeeze(0).map_err(CoreError::from)?.to_vec1().map_err(CoreError::from)?;
+            let token = sampler.sample(&row, &history);
+            if eos.contains(&token) {
+                break FinishReason::Eos;
+            }
+            token_times.push(start.elapsed());
+            history.push(token);
+            if out.push(token, &mut on_text)? {
+                break FinishReason::StopString;
+            }
+            if out.tokens.len() >= params.max_new_tokens {
+                break FinishReason::MaxTokens;
+            }
+            if self.model.seq_len() + 1 >= limit {
+                break FinishReason::ContextFull;
+            }
+            logits = self.model.forward(&[token], LogitsSelection::Last)?;
+        };
+        let text = out.finish(finish, &mut on_text)?;
+        let metrics = GenerationMetrics::from_timings(prompt.len(), prefill, &token_times, start.elapsed());
+        Ok(Generation {
+            text,
+            tokens: out.tokens,
+            finish_reason: finish,
+            metrics,
+        })
+    }
+}
+
+/// Accumulates generated tokens into text, applying stop strings and streaming what is final.
+struct Output<'a> {
+    tokenizer: &'a Tokenizer,
+    stops: StopStringMatcher,
+    streamer: TextStreamer,
+    tokens: Vec<TokenId>,
+    text: String,
+    sent: usize,
+    stopped_at: Option<usize>,
+}
+
+impl<'a> Output<'a> {
+    fn new(tokenizer: &'a Tokenizer, stops: StopStringMatcher) -> Self {
+        Output {
+            tokenizer,
+            stops,
+            streamer: TextStreamer::new(),
+            tokens: Vec::new(),
+            text: String::new(),
+            sent: 0,
+            stopped_at: None,
+        }
+    }
+
+    /// Adds a token; returns true when a stop string has appeared.
+    fn push(&mut self, token: TokenId, on_text: &mut impl FnMut(&str)) -> Result<bool> {
+        self.tokens.push(token);
+        let delta = self.streamer.push(self.tokenizer, token)?;
+        if delta.is_empty() {
+            return Ok(false);
+        }
+        // A stop string can only start within the new text or the held-back tail before it.
+        let search_from = self.sent.min(self.text.len());
+        self.text.push_str(&delta);
+        if let Some(i) = self.stops.find(&self.text[search_from..]) {
+            self.stopped_at = Some(search_from + i);
+            return Ok(true);
+        }
+        let safe = self.stops.safe_len(&self.text);
+        if safe > self.sent {
+            on_text(&self.text[self.sent..safe]);
+            self.sent = safe;
+        }
+        Ok(false)
+    }
+
+    /// Flushes the rest and returns the final text.
+    fn finish(&mut self, reason: FinishReason, on_text: &mut impl FnMut(&str)) -> Result<String> {
+        if reason != FinishReason::StopString {
+            let rest = self.streamer.finish(self.tokenizer)?;
+            self.text.push_str(&rest);
+            if let Some(i) = self.stops.find(&self.text[self.sent.min(self.text.len())..]) {
+                self.stopped_at = Some(self.sent + i);
+            }
+        }
+        let end = self.stopped_at.unwrap_or(self.text.len());
+        if end > self.sent {
+            on_text(&self.text[self.sent..end]);
+            self.sent = end;
+        }
+        self.text.truncate(end);
+        Ok(std::mem::take(&mut self.text))
+    }
+}
