@@ -38,6 +38,7 @@ pub use error::{ModelError, Result};
 pub use gguf::GgufFile;
 pub use hub::HubFile;
 pub use llama::LlamaModel;
+pub use weights::BATCH_INVARIANT_MAX_ROWS;
 pub use tokenizer::Tokenizer;
 
 use candle_core::{DType, Device};

@@ -22,9 +22,39 @@ enum LinearWeight {
     Dense(Tensor),
 }
 
+/// Largest number of rows that [`Linear::forward`] computes one row at a time.
+///
+/// candle's CPU kernels pick different code paths for one row and for several (on x86 the Q8_0
+/// and Q6_K matmuls repack weights and quantize activations differently when `m > 1`, and the
+/// f32 GEMM changes its blocking), so a row's result would depend on how many rows share the
+/// call. Speculative verification feeds 2..=9 rows where plain decoding feeds 1; computing small
+/// batches row by row makes every row bit-identical to a single-token forward, which greedy
+/// losslessness relies on. Prefill (more rows) uses the batched kernels: plain and speculative
+/// decoding prefill identically, so exactness between them is unaffected.
+pub const BATCH_INVARIANT_MAX_ROWS: usize = 16;
+
 impl Linear {
-    /// `x`: `(.., in)` f32; returns `(.., out)` f32.
+    /// `x`: `(.., in)` f32; returns `(.., out)` f32. Each row's result is independent of the
+    /// number of rows when there are at most [`BATCH_INVARIANT_MAX_ROWS`].
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dims = x.dims();
+        let inner = dims[dims.len() - 1];
+        let rows = x.elem_count() / inner.max(1);
+        if rows > 1 && rows <= BATCH_INVARIANT_MAX_ROWS {
+            let flat = x.reshape((rows, inner))?;
+            let parts = (0..rows)
+                .map(|r| self.forward_rows(&flat.narrow(0, r, 1)?))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let y = Tensor::cat(&parts, 0)?;
+            let mut out = dims.to_vec();
+            let last = out.len() - 1;
+            out[last] = y.dim(1)?;
+            return y.reshape(out);
+        }
+        self.forward_rows(x)
+    }
+
+    fn forward_rows(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = match &self.weight {
             LinearWeight::Quantized(w) => w.forward(x)?,
             LinearWeight::Dense(w) => {
