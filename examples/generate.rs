@@ -54,6 +54,10 @@ struct Args {
     /// Device: auto, cpu, cuda[:N], metal[:N].
     #[arg(long, default_value = "auto")]
     device: String,
+    /// Dense weight dtype: f32, f16 or bf16 (GGUF weights are dequantized to it at load;
+    /// default: keep GGUF quantized, f32 for safetensors).
+    #[arg(long)]
+    dtype: Option<String>,
     /// CPU threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -98,6 +102,14 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         });
     if let Some(t) = &args.tokenizer {
         builder = builder.tokenizer(t);
+    }
+    if let Some(d) = &args.dtype {
+        builder = builder.dtype(match d.as_str() {
+            "f32" => candle_core::DType::F32,
+            "f16" => candle_core::DType::F16,
+            "bf16" => candle_core::DType::BF16,
+            other => return Err(format!("unknown dtype `{other}`; use f32, f16 or bf16").into()),
+        });
     }
     let mut generator = builder.build()?;
     bar.finish_and_clear();

@@ -3,7 +3,7 @@
 //! positions.
 
 use crate::config::{ModelConfig, RopeStyle};
-use crate::weights::{Embedding, Linear, WeightSource};
+use crate::weights::{Embedding, Linear, WeightSource, BATCH_INVARIANT_MAX_ROWS};
 use crate::Result;
 use candle_core::{DType, Device, Tensor};
 use specula_core::{CausalLm, CoreError, LogitsSelection, TokenId};
@@ -121,7 +121,7 @@ impl LlamaModel {
         let cos = self.cos.narrow(0, pos, n)?;
         let sin = self.sin.narrow(0, pos, n)?;
         let total = pos + n;
-        let mask = if n > 1 {
+        let mask = if n > BATCH_INVARIANT_MAX_ROWS {
             let data: Vec<f32> = (0..n)
                 .flat_map(|i| (0..total).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 }))
                 .collect();
@@ -153,22 +153,20 @@ impl LlamaModel {
                 .cache
                 .append(layer, &k, &v)
                 .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-            // GQA without copying K/V: fold the query heads that share a KV head into rows.
-            let q = q.reshape((1, nkv, groups * n, hd))?;
-            let scores = (q.matmul(&k_all.t()?)? * scale)?; // (1, nkv, groups*n, total)
-            let scores = match &mask {
-                Some(m) => scores
-                    .reshape((1, nkv, groups, n, total))?
-                    .broadcast_add(m)?
-                    .reshape((1, nkv, groups * n, total))?,
-                None => scores,
+            let attn = if n <= BATCH_INVARIANT_MAX_ROWS {
+                // One query position at a time over exactly the keys it may see: the same shapes
+                // (and so the same kernels) as a single-token forward, hence bit-identical rows.
+                let rows = (0..n)
+                    .map(|i| {
+                        let qi = q.narrow(2, i, 1)?.contiguous()?;
+                        let len = pos + i + 1;
+                        attention(&qi, &k_all.narrow(2, 0, len)?, &v_all.narrow(2, 0, len)?, groups, 1, None, scale)
+                    })
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Tensor::cat(&rows, 1)?
+            } else {
+                attention(&q, &k_all, &v_all, groups, n, mask.as_ref(), scale)?
             };
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            let attn = probs
-                .matmul(&v_all)? // (1, nkv, groups*n, hd)
-                .reshape((1, nh, n, hd))?
-                .transpose(1, 2)?
-                .reshape((1, n, nh * hd))?;
             x = (b.o.forward(&attn)? + residual)?;
             let residual = x.clone();
             let hs = candle_nn::ops::rms_norm(&x, &b.ffn_norm, eps)?;
@@ -181,6 +179,38 @@ impl LlamaModel {
         let logits = self.lm_head.forward(&x)?.squeeze(0)?; // (selected, vocab)
         logits.to_dtype(DType::F32)
     }
+}
+
+/// Attention of `q` `(1, heads, n, hd)` over `k`/`v` `(1, kv_heads, len, hd)`; returns
+/// `(1, n, heads * hd)`. GQA without copying K/V: the query heads that share a KV head are folded
+/// into rows of one matmul.
+fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    groups: usize,
+    n: usize,
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> candle_core::Result<Tensor> {
+    let (_, heads, _, hd) = q.dims4()?;
+    let kv_heads = heads / groups;
+    let len = k.dim(2)?;
+    let q = q.reshape((1, kv_heads, groups * n, hd))?;
+    let scores = (q.matmul(&k.t()?)? * scale)?; // (1, kv_heads, groups*n, len)
+    let scores = match mask {
+        Some(m) => scores
+            .reshape((1, kv_heads, groups, n, len))?
+            .broadcast_add(m)?
+            .reshape((1, kv_heads, groups * n, len))?,
+        None => scores,
+    };
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    probs
+        .matmul(v)? // (1, kv_heads, groups*n, hd)
+        .reshape((1, heads, n, hd))?
+        .transpose(1, 2)?
+        .reshape((1, n, heads * hd))
 }
 
 /// cos/sin tables of shape `(max_len, head_dim / 2)`.
