@@ -13,7 +13,10 @@ use std::time::Duration;
 fn models_dir() -> PathBuf {
     std::env::var_os("SPECULA_MODELS_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/specula/models"))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/specula/models")
+        })
 }
 
 fn bench_generator(c: &mut Criterion, name: &str, mut g: Generator) {
@@ -25,8 +28,12 @@ fn bench_generator(c: &mut Criterion, name: &str, mut g: Generator) {
     };
     let _ = g.generate(prompt, &one); // warm-up (weight repacking)
     let mut group = c.benchmark_group(name);
-    group.sample_size(10).measurement_time(Duration::from_secs(8));
-    group.bench_function("ttft", |b| b.iter(|| g.generate_from_ids(&ids, &one, |_| {})));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(8));
+    group.bench_function("ttft", |b| {
+        b.iter(|| g.generate_from_ids(&ids, &one, |_| {}))
+    });
     group.bench_function("decode_16_tokens", |b| {
         let p = GenerateParams {
             ignore_eos: true,
@@ -70,12 +77,21 @@ fn synthetic(c: &mut Criterion) {
 
 fn real(c: &mut Criterion) {
     for (name, file) in [
-        ("qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"),
-        ("qwen2.5-coder-1.5b", "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"),
+        (
+            "qwen2.5-coder-0.5b",
+            "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        ),
+        (
+            "qwen2.5-coder-1.5b",
+            "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        ),
     ] {
         let path = models_dir().join(file);
         if !path.exists() {
-            eprintln!("skipping {name}: {} not found; run scripts/fetch-models.sh", path.display());
+            eprintln!(
+                "skipping {name}: {} not found; run scripts/fetch-models.sh",
+                path.display()
+            );
             continue;
         }
         match Generator::builder().model(ModelSource::gguf(&path)).build() {

@@ -85,7 +85,9 @@ fn main() {
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     specula::set_num_threads(args.threads);
-    println!("| model | prompt tokens | prefill tok/s | decode tok/s | ITL p50 ms | ITL p99 ms | runs |");
+    println!(
+        "| model | prompt tokens | prefill tok/s | decode tok/s | ITL p50 ms | ITL p99 ms | runs |"
+    );
     println!("|---|---|---|---|---|---|---|");
     for m in &args.models {
         let mut g = Generator::builder().model(ModelSource::parse(m)).build()?;
@@ -104,7 +106,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             p50.push(out.metrics.inter_token.p50_ms);
             p99.push(out.metrics.inter_token.p99_ms);
         }
-        let name = std::path::Path::new(m).file_name().map_or(m.clone(), |f| f.to_string_lossy().into_owned());
+        let name = std::path::Path::new(m)
+            .file_name()
+            .map_or(m.clone(), |f| f.to_string_lossy().into_owned());
         println!(
             "| {name} | {prompt_tokens} | {:.1} | {:.2} | {:.1} | {:.1} | {} |",
             median(prefill),

@@ -72,8 +72,13 @@ struct Args {
 fn default_model() -> String {
     let dir = std::env::var_os("SPECULA_MODELS_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/specula/models"));
-    dir.join("qwen2.5-coder-1.5b-instruct-q4_k_m.gguf").display().to_string()
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/specula/models")
+        });
+    dir.join("qwen2.5-coder-1.5b-instruct-q4_k_m.gguf")
+        .display()
+        .to_string()
 }
 
 fn main() {
@@ -90,7 +95,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     let model = args.model.clone().unwrap_or_else(default_model);
     let bar = ProgressBar::new(1);
-    bar.set_style(ProgressStyle::with_template("loading {msg} [{bar:30}] {pos}/{len} layers")?.progress_chars("=> "));
+    bar.set_style(
+        ProgressStyle::with_template("loading {msg} [{bar:30}] {pos}/{len} layers")?
+            .progress_chars("=> "),
+    );
     bar.set_message(model.clone());
     let pb = bar.clone();
     let mut builder = Generator::builder()

@@ -24,7 +24,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("tensor types: {types:?}");
     let tok = Tokenizer::from_gguf(&file)?;
-    println!("tokenizer: {} ids, bos {:?}, eos {:?}", tok.vocab_size(), tok.bos_token_id(), tok.eos_token_ids());
+    println!(
+        "tokenizer: {} ids, bos {:?}, eos {:?}",
+        tok.vocab_size(),
+        tok.bos_token_id(),
+        tok.eos_token_ids()
+    );
     if let Some(msg) = args.next() {
         let prompt = tok.apply_chat_template(&[ChatMessage::user(msg)])?;
         println!("chat prompt:\n{prompt}");

@@ -3,12 +3,12 @@
 use crate::stream::TextStreamer;
 use crate::{Error, Result};
 use candle_core::DType;
+use serde::Serialize;
 use specula_core::{
-    CausalLm, CoreError, FinishReason, GenerationMetrics, LogitsProcessor, LogitsSelection, SamplingParams,
-    StopStringMatcher, TokenId,
+    CausalLm, CoreError, FinishReason, GenerationMetrics, LogitsProcessor, LogitsSelection,
+    SamplingParams, StopStringMatcher, TokenId,
 };
 use specula_models::{ChatMessage, DeviceChoice, LoadOptions, ModelError, ModelSource, Tokenizer};
-use serde::Serialize;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -270,7 +270,11 @@ impl Generator {
         let mut out = Output::new(&self.tokenizer, stops);
         let mut token_times: Vec<Duration> = Vec::new();
         let finish = loop {
-            let row: Vec<f32> = logits.squeeze(0).map_err(CoreError::from)?.to_vec1().map_err(CoreError::from)?;
+            let row: Vec<f32> = logits
+                .squeeze(0)
+                .map_err(CoreError::from)?
+                .to_vec1()
+                .map_err(CoreError::from)?;
             let token = sampler.sample(&row, &history);
             if eos.contains(&token) {
                 break FinishReason::Eos;
@@ -289,7 +293,8 @@ impl Generator {
             logits = self.model.forward(&[token], LogitsSelection::Last)?;
         };
         let text = out.finish(finish, &mut on_text)?;
-        let metrics = GenerationMetrics::from_timings(prompt.len(), prefill, &token_times, start.elapsed());
+        let metrics =
+            GenerationMetrics::from_timings(prompt.len(), prefill, &token_times, start.elapsed());
         Ok(Generation {
             text,
             tokens: out.tokens,
@@ -350,7 +355,10 @@ impl<'a> Output<'a> {
         if reason != FinishReason::StopString {
             let rest = self.streamer.finish(self.tokenizer)?;
             self.text.push_str(&rest);
-            if let Some(i) = self.stops.find(&self.text[self.sent.min(self.text.len())..]) {
+            if let Some(i) = self
+                .stops
+                .find(&self.text[self.sent.min(self.text.len())..])
+            {
                 self.stopped_at = Some(self.sent + i);
             }
         }

@@ -29,11 +29,12 @@ pub use generate::{GenerateParams, Generation, Generator, GeneratorBuilder};
 pub use stream::TextStreamer;
 
 pub use specula_core::{
-    CausalLm, CoreError, Distribution, FinishReason, GenerationMetrics, LatencyStats, LogitsProcessor,
-    LogitsSelection, SamplingParams, StopCriteria, TokenId,
+    CausalLm, CoreError, Distribution, FinishReason, GenerationMetrics, LatencyStats,
+    LogitsProcessor, LogitsSelection, SamplingParams, StopCriteria, TokenId,
 };
 pub use specula_models::{
-    ChatMessage, ChatTemplate, DeviceChoice, LlamaModel, LoadOptions, ModelError, ModelSource, Tokenizer,
+    ChatMessage, ChatTemplate, DeviceChoice, LlamaModel, LoadOptions, ModelError, ModelSource,
+    Tokenizer,
 };
 pub use {specula_core, specula_kv, specula_models};
 
@@ -62,5 +63,7 @@ pub fn set_num_threads(n: usize) {
     let n = n.max(1);
     // candle reads RAYON_NUM_THREADS when sizing its GEMM; rayon's global pool serves the rest.
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global();
 }

@@ -32,7 +32,8 @@ impl TextStreamer {
         self.tokens.push(token);
         let before = tokenizer.decode(&self.tokens[self.prefix..self.read])?;
         let after = tokenizer.decode(&self.tokens[self.prefix..])?;
-        if after.len() > before.len() && !after.ends_with('\u{FFFD}') && after.starts_with(&before) {
+        if after.len() > before.len() && !after.ends_with('\u{FFFD}') && after.starts_with(&before)
+        {
             let delta = after[before.len()..].to_string();
             self.prefix = self.read;
             self.read = self.tokens.len();

@@ -3,7 +3,8 @@
 
 use candle_core::{Device, Tensor};
 use specula::{
-    CausalLm, Error, FinishReason, GenerateParams, Generator, LogitsSelection, ModelSource, SamplingParams, TokenId,
+    CausalLm, Error, FinishReason, GenerateParams, Generator, LogitsSelection, ModelSource,
+    SamplingParams, TokenId,
 };
 use specula_core::CoreError;
 use specula_models::synthetic::{SyntheticSpec, SyntheticTokenizer};
@@ -31,7 +32,11 @@ impl ScriptedLm {
 }
 
 impl CausalLm for ScriptedLm {
-    fn forward(&mut self, tokens: &[TokenId], sel: LogitsSelection) -> specula_core::Result<Tensor> {
+    fn forward(
+        &mut self,
+        tokens: &[TokenId],
+        sel: LogitsSelection,
+    ) -> specula_core::Result<Tensor> {
         if self.len == 0 {
             self.prompt_len = tokens.len();
         }
@@ -46,7 +51,11 @@ impl CausalLm for ScriptedLm {
             rows.extend(row);
         }
         self.len += tokens.len();
-        Ok(Tensor::from_vec(rows, (range.len(), self.vocab), &self.device)?)
+        Ok(Tensor::from_vec(
+            rows,
+            (range.len(), self.vocab),
+            &self.device,
+        )?)
     }
     fn seq_len(&self) -> usize {
         self.len
@@ -81,13 +90,19 @@ fn scripted(text: &str, then_eos: bool) -> (Generator, Vec<TokenId>) {
     if then_eos {
         script.push(SyntheticTokenizer::new().eos);
     }
-    (Generator::new(ScriptedLm::new(script, 320), tok).unwrap(), expected)
+    (
+        Generator::new(ScriptedLm::new(script, 320), tok).unwrap(),
+        expected,
+    )
 }
 
 fn synthetic_generator(dir: &tempfile::TempDir) -> Generator {
     let path = dir.path().join("m.gguf");
     SyntheticSpec::tiny_qwen2().write_gguf(&path).unwrap();
-    Generator::builder().model(ModelSource::gguf(&path)).build().unwrap()
+    Generator::builder()
+        .model(ModelSource::gguf(&path))
+        .build()
+        .unwrap()
 }
 
 #[test]
@@ -104,7 +119,10 @@ fn eos_ends_generation_and_is_not_returned() {
         ..GenerateParams::new(20)
     };
     let out = g.generate("x", &p).unwrap();
-    assert_eq!((out.finish_reason, out.tokens.len()), (FinishReason::MaxTokens, 20));
+    assert_eq!(
+        (out.finish_reason, out.tokens.len()),
+        (FinishReason::MaxTokens, 20)
+    );
 }
 
 #[test]
@@ -123,7 +141,9 @@ fn stop_strings_end_generation_and_never_stream() {
     let (mut g, _) = scripted("def f(x):\n    return x\n\ndef g():", false);
     let p = GenerateParams::new(100).stop("\n\n");
     let mut streamed = String::new();
-    let out = g.generate_stream("x", &p, |d| streamed.push_str(d)).unwrap();
+    let out = g
+        .generate_stream("x", &p, |d| streamed.push_str(d))
+        .unwrap();
     assert_eq!(out.finish_reason, FinishReason::StopString);
     assert_eq!(out.text, "def f(x):\n    return x");
     assert_eq!(streamed, out.text);
@@ -140,7 +160,11 @@ fn streaming_never_splits_a_character() {
     let (mut g, expected) = scripted(text, true);
     assert!(expected.len() > text.chars().count());
     let mut deltas = vec![];
-    let out = g.generate_stream("x", &GenerateParams::new(100), |d| deltas.push(d.to_string())).unwrap();
+    let out = g
+        .generate_stream("x", &GenerateParams::new(100), |d| {
+            deltas.push(d.to_string())
+        })
+        .unwrap();
     assert_eq!(out.text, text);
     assert_eq!(deltas.concat(), text);
     assert!(deltas.iter().all(|d| !d.contains('\u{FFFD}')), "{deltas:?}");
@@ -150,15 +174,31 @@ fn streaming_never_splits_a_character() {
 fn greedy_generation_matches_a_full_recompute_argmax_loop() {
     let dir = tempfile::tempdir().unwrap();
     let mut g = synthetic_generator(&dir);
-    let out = g.generate("def hello", &GenerateParams { ignore_eos: true, ..GenerateParams::new(24) }).unwrap();
+    let out = g
+        .generate(
+            "def hello",
+            &GenerateParams {
+                ignore_eos: true,
+                ..GenerateParams::new(24)
+            },
+        )
+        .unwrap();
     assert_eq!(out.tokens.len(), 24);
     // Reference: recompute the whole sequence from scratch for every token.
     let path = dir.path().join("m.gguf");
-    let mut m = specula_models::load(&ModelSource::gguf(&path), &Default::default()).unwrap().model;
+    let mut m = specula_models::load(&ModelSource::gguf(&path), &Default::default())
+        .unwrap()
+        .model;
     let mut seq = g.tokenizer().encode("def hello").unwrap();
     for &t in &out.tokens {
         m.reset();
-        let logits = m.forward(&seq, LogitsSelection::Last).unwrap().squeeze(0).unwrap().to_vec1::<f32>().unwrap();
+        let logits = m
+            .forward(&seq, LogitsSelection::Last)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert_eq!(specula_core::sampling::argmax(&logits), t);
         seq.push(t);
     }
@@ -176,11 +216,18 @@ fn seeded_sampling_is_reproducible() {
         seed: 7,
         ..Default::default()
     };
-    let p = GenerateParams { ignore_eos: true, ..GenerateParams::new(16) }.sampling(sampling.clone());
+    let p = GenerateParams {
+        ignore_eos: true,
+        ..GenerateParams::new(16)
+    }
+    .sampling(sampling.clone());
     let a = g.generate("hello", &p).unwrap();
     let b = g.generate("hello", &p).unwrap();
     assert_eq!(a.tokens, b.tokens);
-    let other = p.clone().sampling(SamplingParams { seed: 8, ..sampling });
+    let other = p.clone().sampling(SamplingParams {
+        seed: 8,
+        ..sampling
+    });
     let c = g.generate("hello", &other).unwrap();
     assert_ne!(a.tokens, c.tokens);
 }
@@ -189,13 +236,27 @@ fn seeded_sampling_is_reproducible() {
 fn metrics_are_consistent() {
     let dir = tempfile::tempdir().unwrap();
     let mut g = synthetic_generator(&dir);
-    let out = g.generate("def hello", &GenerateParams { ignore_eos: true, ..GenerateParams::new(10) }).unwrap();
+    let out = g
+        .generate(
+            "def hello",
+            &GenerateParams {
+                ignore_eos: true,
+                ..GenerateParams::new(10)
+            },
+        )
+        .unwrap();
     let m = &out.metrics;
-    assert_eq!(m.prompt_tokens, g.tokenizer().encode("def hello").unwrap().len());
+    assert_eq!(
+        m.prompt_tokens,
+        g.tokenizer().encode("def hello").unwrap().len()
+    );
     assert_eq!(m.new_tokens, 10);
     assert_eq!(m.inter_token_ms.len(), 9);
     assert!(m.ttft_ms >= m.prefill_ms && m.total_ms >= m.ttft_ms);
-    assert!(m.inter_token.p50_ms <= m.inter_token.p95_ms && m.inter_token.p95_ms <= m.inter_token.p99_ms);
+    assert!(
+        m.inter_token.p50_ms <= m.inter_token.p95_ms
+            && m.inter_token.p95_ms <= m.inter_token.p99_ms
+    );
     assert!(m.decode_tokens_per_s > 0.0 && m.prefill_tokens_per_s > 0.0);
     let json = serde_json::to_value(&out).unwrap();
     assert_eq!(json["finish_reason"], "max_tokens");
@@ -206,24 +267,50 @@ fn metrics_are_consistent() {
 fn input_errors() {
     let dir = tempfile::tempdir().unwrap();
     let mut g = synthetic_generator(&dir);
-    assert!(matches!(g.generate("", &GenerateParams::new(4)), Err(Error::Core(CoreError::EmptyPrompt))));
+    assert!(matches!(
+        g.generate("", &GenerateParams::new(4)),
+        Err(Error::Core(CoreError::EmptyPrompt))
+    ));
     let long = "hello world ".repeat(400); // > 512 context of the tiny model
     let err = g.generate(&long, &GenerateParams::new(4)).unwrap_err();
-    assert!(matches!(err, Error::Core(CoreError::ContextExceeded { .. })), "{err}");
+    assert!(
+        matches!(err, Error::Core(CoreError::ContextExceeded { .. })),
+        "{err}"
+    );
     for bad in [
-        SamplingParams { temperature: -0.5, ..Default::default() },
-        SamplingParams { top_p: 2.0, ..Default::default() },
-        SamplingParams { min_p: -0.1, ..Default::default() },
-        SamplingParams { repetition_penalty: f32::INFINITY, ..Default::default() },
+        SamplingParams {
+            temperature: -0.5,
+            ..Default::default()
+        },
+        SamplingParams {
+            top_p: 2.0,
+            ..Default::default()
+        },
+        SamplingParams {
+            min_p: -0.1,
+            ..Default::default()
+        },
+        SamplingParams {
+            repetition_penalty: f32::INFINITY,
+            ..Default::default()
+        },
     ] {
-        let err = g.generate("hi", &GenerateParams::new(4).sampling(bad)).unwrap_err();
-        assert!(matches!(err, Error::Core(CoreError::InvalidParameter { .. })), "{err}");
+        let err = g
+            .generate("hi", &GenerateParams::new(4).sampling(bad))
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Core(CoreError::InvalidParameter { .. })),
+            "{err}"
+        );
     }
     let err = g.generate("hi", &GenerateParams::new(0)).unwrap_err();
     assert!(err.to_string().contains("max_new_tokens"));
     // A tokenizer with more ids than the model has rows.
     let err = Generator::new(ScriptedLm::new(vec![1], 100), synthetic_tokenizer()).unwrap_err();
-    assert!(matches!(err, Error::Model(specula::ModelError::VocabMismatch { .. })), "{err}");
+    assert!(
+        matches!(err, Error::Model(specula::ModelError::VocabMismatch { .. })),
+        "{err}"
+    );
     assert!(Generator::builder().build().is_err());
 }
 
@@ -232,8 +319,15 @@ fn context_full_is_a_finish_reason() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.gguf");
     SyntheticSpec::tiny_qwen2().write_gguf(&path).unwrap();
-    let mut g = Generator::builder().model(ModelSource::gguf(&path)).max_seq_len(12).build().unwrap();
-    let p = GenerateParams { ignore_eos: true, ..GenerateParams::new(100) };
+    let mut g = Generator::builder()
+        .model(ModelSource::gguf(&path))
+        .max_seq_len(12)
+        .build()
+        .unwrap();
+    let p = GenerateParams {
+        ignore_eos: true,
+        ..GenerateParams::new(100)
+    };
     let out = g.generate("hello", &p).unwrap();
     assert_eq!(out.finish_reason, FinishReason::ContextFull);
     let prompt_len = g.tokenizer().encode("hello").unwrap().len();
@@ -246,8 +340,15 @@ fn chat_template_renders() {
     let mut g = synthetic_generator(&dir);
     let msgs = [specula::ChatMessage::user("hello")];
     let prompt = g.tokenizer().apply_chat_template(&msgs).unwrap();
-    assert_eq!(prompt, "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n");
+    assert_eq!(
+        prompt,
+        "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n"
+    );
     let ids = g.tokenizer().encode(&prompt).unwrap();
-    assert!(ids.contains(&SyntheticTokenizer::new().eos), "special tokens are recognised");
-    g.generate_chat(&msgs, &GenerateParams::new(4), |_| {}).unwrap();
+    assert!(
+        ids.contains(&SyntheticTokenizer::new().eos),
+        "special tokens are recognised"
+    );
+    g.generate_chat(&msgs, &GenerateParams::new(4), |_| {})
+        .unwrap();
 }

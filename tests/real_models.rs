@@ -17,7 +17,8 @@ const SMOLLM2: &str = "smollm2-135m-instruct-q4_1.gguf";
 fn models_dir() -> PathBuf {
     match std::env::var_os("SPECULA_MODELS_DIR") {
         Some(d) => PathBuf::from(d),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/specula/models"),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+            .join(".cache/specula/models"),
     }
 }
 
@@ -28,7 +29,11 @@ fn real_model(file: &str) -> Option<PathBuf> {
         return None;
     }
     let p = models_dir().join(file);
-    assert!(p.exists(), "{} is missing: run scripts/fetch-models.sh (or set SPECULA_MODELS_DIR)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/fetch-models.sh (or set SPECULA_MODELS_DIR)",
+        p.display()
+    );
     Some(p)
 }
 
@@ -75,13 +80,23 @@ fn corpus() -> Vec<String> {
 
 #[test]
 fn gguf_tokenizer_matches_reference_fixture() {
-    let Some(path) = real_model(QWEN_05B) else { return };
+    let Some(path) = real_model(QWEN_05B) else {
+        return;
+    };
     let fixture = shared_dir().join("fixtures/qwen2.5-coder-tokenizer.json");
-    assert!(fixture.exists(), "reference tokenizer {} missing", fixture.display());
+    assert!(
+        fixture.exists(),
+        "reference tokenizer {} missing",
+        fixture.display()
+    );
     let reference = Tokenizer::from_file(&fixture).unwrap();
     let ours = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
     assert_eq!(ours.vocab_size(), reference.vocab_size());
-    assert_eq!(ours.eos_token_ids().first(), Some(&151645), "GGUF eos is <|im_end|>");
+    assert_eq!(
+        ours.eos_token_ids().first(),
+        Some(&151645),
+        "GGUF eos is <|im_end|>"
+    );
     assert!(ours.eos_token_ids().contains(&151643));
     let mut n_tokens = 0;
     for text in corpus() {
@@ -96,23 +111,37 @@ fn gguf_tokenizer_matches_reference_fixture() {
     }
     assert!(n_tokens > 20_000, "corpus too small: {n_tokens}");
     // The target's tokenizer is the same.
-    let Some(target) = real_model(QWEN_15B) else { return };
+    let Some(target) = real_model(QWEN_15B) else {
+        return;
+    };
     let t = Tokenizer::from_gguf(&GgufFile::open(&target).unwrap()).unwrap();
-    assert_eq!(t.encode(&corpus()[0]).unwrap(), ours.encode(&corpus()[0]).unwrap());
+    assert_eq!(
+        t.encode(&corpus()[0]).unwrap(),
+        ours.encode(&corpus()[0]).unwrap()
+    );
 }
 
 #[test]
 fn qwen_chat_template_renders() {
-    let Some(path) = real_model(QWEN_05B) else { return };
+    let Some(path) = real_model(QWEN_05B) else {
+        return;
+    };
     let tok = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
-    let prompt = tok.apply_chat_template(&[ChatMessage::user("Write hello world in Python.")]).unwrap();
-    assert!(prompt.contains("<|im_start|>user\nWrite hello world in Python.<|im_end|>"), "{prompt}");
+    let prompt = tok
+        .apply_chat_template(&[ChatMessage::user("Write hello world in Python.")])
+        .unwrap();
+    assert!(
+        prompt.contains("<|im_start|>user\nWrite hello world in Python.<|im_end|>"),
+        "{prompt}"
+    );
     assert!(prompt.ends_with("<|im_start|>assistant\n"), "{prompt}");
 }
 
 #[test]
 fn qwen_0_5b_incremental_equals_full_recompute() {
-    let Some(path) = real_model(QWEN_05B) else { return };
+    let Some(path) = real_model(QWEN_05B) else {
+        return;
+    };
     let loaded = load(&ModelSource::gguf(&path), &LoadOptions::default()).unwrap();
     let mut m = loaded.model;
     let ids = loaded
@@ -120,13 +149,26 @@ fn qwen_0_5b_incremental_equals_full_recompute() {
         .encode("import numpy as np\n\ndef softmax(x):\n    e = np.exp(x - x.max())\n    return")
         .unwrap();
     assert!(ids.len() >= 20);
-    let full = m.forward(&ids, LogitsSelection::All).unwrap().to_vec2::<f32>().unwrap();
+    let full = m
+        .forward(&ids, LogitsSelection::All)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
     m.reset();
     let mut singles = vec![];
     let mut max_diff = 0.0f32;
     for (i, &t) in ids.iter().enumerate() {
-        let row = m.forward(&[t], LogitsSelection::Last).unwrap().to_vec2::<f32>().unwrap().remove(0);
-        let d = row.iter().zip(&full[i]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let row = m
+            .forward(&[t], LogitsSelection::Last)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap()
+            .remove(0);
+        let d = row
+            .iter()
+            .zip(&full[i])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
         max_diff = max_diff.max(d);
         // The batched prefill quantizes activations per 256-block (candle's repacked x86 kernels)
         // where single steps use the per-32 GEMV path: logits differ slightly, so argmax must
@@ -148,15 +190,30 @@ fn qwen_0_5b_incremental_equals_full_recompute() {
     // five single steps it replaces.
     let n = ids.len();
     m.truncate(n - 5).unwrap();
-    let multi = m.forward(&ids[n - 5..], LogitsSelection::All).unwrap().to_vec2::<f32>().unwrap();
-    assert_eq!(multi, singles[n - 5..].to_vec(), "5-token verification forward is not bit-exact");
+    let multi = m
+        .forward(&ids[n - 5..], LogitsSelection::All)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    assert_eq!(
+        multi,
+        singles[n - 5..].to_vec(),
+        "5-token verification forward is not bit-exact"
+    );
 }
 
 #[test]
 fn qwen_1_5b_writes_fibonacci() {
-    let Some(path) = real_model(QWEN_15B) else { return };
-    let mut g = Generator::builder().model(ModelSource::gguf(&path)).build().unwrap();
-    let out = g.generate("def fibonacci(n):", &GenerateParams::new(128)).unwrap();
+    let Some(path) = real_model(QWEN_15B) else {
+        return;
+    };
+    let mut g = Generator::builder()
+        .model(ModelSource::gguf(&path))
+        .build()
+        .unwrap();
+    let out = g
+        .generate("def fibonacci(n):", &GenerateParams::new(128))
+        .unwrap();
     eprintln!("{}\n{}", out.text, out.metrics.summary());
     assert!(out.text.contains("return"), "{}", out.text);
     let recursive = out.text.contains("fibonacci(n - 1)") || out.text.contains("fibonacci(n-1)");
@@ -168,17 +225,31 @@ fn qwen_1_5b_writes_fibonacci() {
 
 #[test]
 fn qwen_0_5b_greedy_generation_is_deterministic_and_stops() {
-    let Some(path) = real_model(QWEN_05B) else { return };
-    let mut g = Generator::builder().model(ModelSource::gguf(&path)).build().unwrap();
+    let Some(path) = real_model(QWEN_05B) else {
+        return;
+    };
+    let mut g = Generator::builder()
+        .model(ModelSource::gguf(&path))
+        .build()
+        .unwrap();
     let msgs = [ChatMessage::user("Reply with exactly the word: yes")];
-    let a = g.generate_chat(&msgs, &GenerateParams::new(32), |_| {}).unwrap();
+    let a = g
+        .generate_chat(&msgs, &GenerateParams::new(32), |_| {})
+        .unwrap();
     assert_eq!(a.finish_reason, FinishReason::Eos, "{:?}", a.text);
     assert!(a.text.to_lowercase().contains("yes"), "{:?}", a.text);
-    let b = g.generate_chat(&msgs, &GenerateParams::new(32), |_| {}).unwrap();
+    let b = g
+        .generate_chat(&msgs, &GenerateParams::new(32), |_| {})
+        .unwrap();
     assert_eq!(a.tokens, b.tokens);
     // Sampling with a fixed seed is reproducible and respects stop strings.
     let p = GenerateParams::new(40)
-        .sampling(SamplingParams { temperature: 0.8, top_p: 0.9, seed: 3, ..Default::default() })
+        .sampling(SamplingParams {
+            temperature: 0.8,
+            top_p: 0.9,
+            seed: 3,
+            ..Default::default()
+        })
         .stop("\n");
     let x = g.generate("def add(a, b):", &p).unwrap();
     let y = g.generate("def add(a, b):", &p).unwrap();
@@ -188,15 +259,24 @@ fn qwen_0_5b_greedy_generation_is_deterministic_and_stops() {
 
 #[test]
 fn smollm2_loads_and_generates() {
-    let Some(path) = real_model(SMOLLM2) else { return };
-    let mut g = Generator::builder().model(ModelSource::gguf(&path)).build().unwrap();
+    let Some(path) = real_model(SMOLLM2) else {
+        return;
+    };
+    let mut g = Generator::builder()
+        .model(ModelSource::gguf(&path))
+        .build()
+        .unwrap();
     let text = "The capital of France is Paris. 123 + 456 = 579";
     let tok = g.tokenizer();
     assert_eq!(tok.decode(&tok.encode(text).unwrap()).unwrap(), text);
-    let out = g.generate("The capital of France is", &GenerateParams::new(8)).unwrap();
+    let out = g
+        .generate("The capital of France is", &GenerateParams::new(8))
+        .unwrap();
     assert!(out.text.contains("Paris"), "{:?}", out.text);
     let msgs = [ChatMessage::user("What is 2+2?")];
-    let out = g.generate_chat(&msgs, &GenerateParams::new(24), |_| {}).unwrap();
+    let out = g
+        .generate_chat(&msgs, &GenerateParams::new(24), |_| {})
+        .unwrap();
     eprintln!("SmolLM2: {:?}", out.text);
     assert!(out.text.contains('4'), "{:?}", out.text);
 }

@@ -88,15 +88,29 @@ pub struct GenerationMetrics {
 impl GenerationMetrics {
     /// Builds the metrics from raw timings: `start` of the request, `prefill` duration, and the
     /// instant each new token became available (relative to `start`).
-    pub fn from_timings(prompt_tokens: usize, prefill: Duration, token_times: &[Duration], total: Duration) -> Self {
+    pub fn from_timings(
+        prompt_tokens: usize,
+        prefill: Duration,
+        token_times: &[Duration],
+        total: Duration,
+    ) -> Self {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        let gaps: Vec<f64> = token_times.windows(2).map(|w| ms(w[1].saturating_sub(w[0]))).collect();
+        let gaps: Vec<f64> = token_times
+            .windows(2)
+            .map(|w| ms(w[1].saturating_sub(w[0])))
+            .collect();
         let ttft_ms = token_times.first().map_or(0.0, |&d| ms(d));
         let decode_ms = match (token_times.first(), token_times.last()) {
             (Some(&a), Some(&b)) => ms(b.saturating_sub(a)),
             _ => 0.0,
         };
-        let per_s = |n: usize, t_ms: f64| if t_ms > 0.0 { n as f64 * 1e3 / t_ms } else { 0.0 };
+        let per_s = |n: usize, t_ms: f64| {
+            if t_ms > 0.0 {
+                n as f64 * 1e3 / t_ms
+            } else {
+                0.0
+            }
+        };
         GenerationMetrics {
             prompt_tokens,
             new_tokens: token_times.len(),
@@ -135,7 +149,10 @@ mod tests {
     fn percentiles_nearest_rank() {
         let v: Vec<f64> = (1..=100).map(|x| x as f64).collect();
         let s = LatencyStats::from_millis(&v);
-        assert_eq!((s.p50_ms, s.p95_ms, s.p99_ms, s.max_ms), (50.0, 95.0, 99.0, 100.0));
+        assert_eq!(
+            (s.p50_ms, s.p95_ms, s.p99_ms, s.max_ms),
+            (50.0, 95.0, 99.0, 100.0)
+        );
         assert_eq!(s.mean_ms, 50.5);
         assert_eq!(LatencyStats::from_millis(&[]).count, 0);
     }
@@ -143,7 +160,12 @@ mod tests {
     #[test]
     fn metrics_from_timings() {
         let t = [10, 30, 40, 70].map(Duration::from_millis);
-        let m = GenerationMetrics::from_timings(8, Duration::from_millis(9), &t, Duration::from_millis(71));
+        let m = GenerationMetrics::from_timings(
+            8,
+            Duration::from_millis(9),
+            &t,
+            Duration::from_millis(71),
+        );
         assert_eq!(m.new_tokens, 4);
         assert_eq!(m.inter_token_ms, vec![20.0, 10.0, 30.0]);
         assert_eq!(m.ttft_ms, 10.0);

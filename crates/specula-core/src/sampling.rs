@@ -79,7 +79,10 @@ impl SamplingParams {
         if !self.temperature.is_finite() || self.temperature < 0.0 {
             return Err(CoreError::invalid(
                 "temperature",
-                format!("{} is not allowed; use 0 for greedy or a finite value > 0", self.temperature),
+                format!(
+                    "{} is not allowed; use 0 for greedy or a finite value > 0",
+                    self.temperature
+                ),
             ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
@@ -97,7 +100,10 @@ impl SamplingParams {
         if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
             return Err(CoreError::invalid(
                 "repetition_penalty",
-                format!("{} must be finite and > 0; use 1 to disable", self.repetition_penalty),
+                format!(
+                    "{} must be finite and > 0; use 1 to disable",
+                    self.repetition_penalty
+                ),
             ));
         }
         Ok(())
@@ -238,7 +244,11 @@ impl LogitsProcessor {
                 continue;
             }
             let l = &mut logits[t as usize];
-            *l = if *l >= 0.0 { *l / penalty } else { *l * penalty };
+            *l = if *l >= 0.0 {
+                *l / penalty
+            } else {
+                *l * penalty
+            };
         }
     }
 
@@ -342,13 +352,34 @@ mod tests {
     #[test]
     fn validation_names_the_field() {
         let bad = [
-            SamplingParams { temperature: -1.0, ..Default::default() },
-            SamplingParams { temperature: f32::NAN, ..Default::default() },
-            SamplingParams { top_p: 0.0, ..Default::default() },
-            SamplingParams { min_p: 1.0, ..Default::default() },
-            SamplingParams { repetition_penalty: 0.0, ..Default::default() },
+            SamplingParams {
+                temperature: -1.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                temperature: f32::NAN,
+                ..Default::default()
+            },
+            SamplingParams {
+                top_p: 0.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                min_p: 1.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                repetition_penalty: 0.0,
+                ..Default::default()
+            },
         ];
-        let names = ["temperature", "temperature", "top_p", "min_p", "repetition_penalty"];
+        let names = [
+            "temperature",
+            "temperature",
+            "top_p",
+            "min_p",
+            "repetition_penalty",
+        ];
         for (p, name) in bad.iter().zip(names) {
             let err = LogitsProcessor::new(p.clone()).unwrap_err();
             assert!(err.to_string().contains(name), "{err}");
@@ -359,7 +390,10 @@ mod tests {
     fn greedy_is_argmax_lowest_index_on_ties() {
         let p = proc(SamplingParams::greedy());
         assert_eq!(p.greedy_token(&[1.0, 3.0, 3.0, 0.0], &[]), 1);
-        assert_eq!(p.distribution(&[1.0, 3.0, 3.0], &[]).probs(), &[0.0, 1.0, 0.0]);
+        assert_eq!(
+            p.distribution(&[1.0, 3.0, 3.0], &[]).probs(),
+            &[0.0, 1.0, 0.0]
+        );
     }
 
     #[test]
@@ -373,20 +407,35 @@ mod tests {
     #[test]
     fn top_k_top_p_min_p() {
         let logits = [4.0f32.ln(), 3.0f32.ln(), 2.0f32.ln(), 1.0f32.ln()]; // probs .4 .3 .2 .1
-        let d = proc(SamplingParams { temperature: 1.0, top_k: 2, ..Default::default() })
-            .distribution(&logits, &[]);
+        let d = proc(SamplingParams {
+            temperature: 1.0,
+            top_k: 2,
+            ..Default::default()
+        })
+        .distribution(&logits, &[]);
         assert!((d.prob(0) - 4.0 / 7.0).abs() < 1e-6 && d.prob(2) == 0.0);
-        let d = proc(SamplingParams { temperature: 1.0, top_p: 0.75, ..Default::default() })
-            .distribution(&logits, &[]);
+        let d = proc(SamplingParams {
+            temperature: 1.0,
+            top_p: 0.75,
+            ..Default::default()
+        })
+        .distribution(&logits, &[]);
         assert!((d.prob(2) - 0.2 / 0.9).abs() < 1e-6 && d.prob(3) == 0.0);
-        let d = proc(SamplingParams { temperature: 1.0, min_p: 0.6, ..Default::default() })
-            .distribution(&logits, &[]);
+        let d = proc(SamplingParams {
+            temperature: 1.0,
+            min_p: 0.6,
+            ..Default::default()
+        })
+        .distribution(&logits, &[]);
         assert!((d.prob(1) - 0.3 / 0.7).abs() < 1e-6 && d.prob(2) == 0.0);
     }
 
     #[test]
     fn repetition_penalty_changes_greedy_choice() {
-        let p = proc(SamplingParams { repetition_penalty: 2.0, ..Default::default() });
+        let p = proc(SamplingParams {
+            repetition_penalty: 2.0,
+            ..Default::default()
+        });
         assert_eq!(p.greedy_token(&[1.0, 1.5, -1.0], &[1]), 0);
         let mut l = [1.0, 1.5, -1.0];
         p.apply_penalty(&mut l, &[2, 2, 1]);
@@ -408,9 +457,10 @@ mod tests {
         for _ in 0..n {
             counts[a.sample(&logits, &[]) as usize] += 1;
         }
-        for t in 0..3 {
-            let f = counts[t] as f32 / n as f32;
-            assert!((f - d.prob(t as u32)).abs() < 0.01, "{t}: {f} vs {}", d.prob(t as u32));
+        for (t, &count) in counts.iter().enumerate() {
+            let f = count as f32 / n as f32;
+            let p = d.prob(t as u32);
+            assert!((f - p).abs() < 0.01, "{t}: {f} vs {p}");
         }
     }
 

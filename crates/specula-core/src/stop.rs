@@ -78,7 +78,10 @@ impl StopStringMatcher {
 
     /// Byte offset of the earliest stop-string occurrence in `text`.
     pub fn find(&self, text: &str) -> Option<usize> {
-        self.stops.iter().filter_map(|s| text.find(s.as_str())).min()
+        self.stops
+            .iter()
+            .filter_map(|s| text.find(s.as_str()))
+            .min()
     }
 
     /// Length of the prefix of `text` that cannot become part of a stop string, whatever follows.

@@ -161,7 +161,11 @@ impl KvCache {
 
     /// Bytes allocated for keys and values across all layers.
     pub fn memory_bytes(&self) -> usize {
-        2 * self.cfg.n_layers * self.cfg.n_kv_heads * self.capacity * self.cfg.head_dim * self.cfg.dtype.size_in_bytes()
+        2 * self.cfg.n_layers
+            * self.cfg.n_kv_heads
+            * self.capacity
+            * self.cfg.head_dim
+            * self.cfg.dtype.size_in_bytes()
     }
 
     /// Ensures room for `n` more positions, growing by whole chunks; errors if the context length
@@ -222,9 +226,14 @@ impl KvCache {
             .layers
             .get(layer)
             .ok_or(KvError::NoSuchLayer { layer, n_layers })?;
-        buf.k.slice_set(&k.to_dtype(self.cfg.dtype)?.contiguous()?, 2, self.len)?;
-        buf.v.slice_set(&v.to_dtype(self.cfg.dtype)?.contiguous()?, 2, self.len)?;
-        Ok((buf.k.narrow(2, 0, self.len + n)?, buf.v.narrow(2, 0, self.len + n)?))
+        buf.k
+            .slice_set(&k.to_dtype(self.cfg.dtype)?.contiguous()?, 2, self.len)?;
+        buf.v
+            .slice_set(&v.to_dtype(self.cfg.dtype)?.contiguous()?, 2, self.len)?;
+        Ok((
+            buf.k.narrow(2, 0, self.len + n)?,
+            buf.v.narrow(2, 0, self.len + n)?,
+        ))
     }
 
     /// Advances the length by `n` after every layer has appended `n` positions.
@@ -297,7 +306,12 @@ mod tests {
     fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Vec<f32> {
         let s = q.matmul(&k.t().unwrap()).unwrap();
         let p = candle_nn::ops::softmax_last_dim(&s).unwrap();
-        p.matmul(v).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+        p.matmul(v)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
     }
 
     fn push(c: &mut KvCache, seed: usize, n: usize) -> Result<Vec<(Tensor, Tensor)>> {
@@ -332,20 +346,41 @@ mod tests {
         push(&mut c, 0, 2).unwrap();
         assert_eq!(c.capacity(), 10);
         let err = push(&mut c, 0, 1).unwrap_err();
-        assert!(matches!(err, KvError::ContextExceeded { needed: 11, max_len: 10 }), "{err}");
+        assert!(
+            matches!(
+                err,
+                KvError::ContextExceeded {
+                    needed: 11,
+                    max_len: 10
+                }
+            ),
+            "{err}"
+        );
         assert_eq!(c.len(), 10, "a failed reserve leaves the cache unchanged");
     }
 
     #[test]
     fn misuse_is_reported() {
         let mut c = cache(10, 4);
-        assert!(matches!(c.truncate(1), Err(KvError::TruncateBeyondLength { .. })));
+        assert!(matches!(
+            c.truncate(1),
+            Err(KvError::TruncateBeyondLength { .. })
+        ));
         let k = rows(0, 1);
-        assert!(matches!(c.append(0, &k, &k), Err(KvError::NotReserved { .. })));
+        assert!(matches!(
+            c.append(0, &k, &k),
+            Err(KvError::NotReserved { .. })
+        ));
         c.reserve(1).unwrap();
-        assert!(matches!(c.append(5, &k, &k), Err(KvError::NoSuchLayer { .. })));
+        assert!(matches!(
+            c.append(5, &k, &k),
+            Err(KvError::NoSuchLayer { .. })
+        ));
         let bad = Tensor::zeros((1, 3, 1, HD), DType::F32, &Device::Cpu).unwrap();
-        assert!(matches!(c.append(0, &bad, &bad), Err(KvError::Shape { .. })));
+        assert!(matches!(
+            c.append(0, &bad, &bad),
+            Err(KvError::Shape { .. })
+        ));
     }
 
     #[derive(Debug, Clone)]

@@ -65,9 +65,15 @@ impl ChatTemplate {
     fn env(&self) -> Result<minijinja::Environment<'static>> {
         let mut env = minijinja::Environment::new();
         env.set_unknown_method_callback(python_methods);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
         env.add_template_owned("chat", self.source.clone())
             .map_err(|e| ModelError::ChatTemplate(e.to_string()))?;
         Ok(env)
@@ -76,7 +82,9 @@ impl ChatTemplate {
     /// Renders the conversation; `add_generation_prompt` appends the assistant turn header.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
         let env = self.env()?;
-        let tmpl = env.get_template("chat").map_err(|e| ModelError::ChatTemplate(e.to_string()))?;
+        let tmpl = env
+            .get_template("chat")
+            .map_err(|e| ModelError::ChatTemplate(e.to_string()))?;
         tmpl.render(minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
@@ -107,7 +115,9 @@ fn python_methods(
         "endswith" => Value::from(s.ends_with(arg(0))),
         "lower" => Value::from(s.to_lowercase()),
         "upper" => Value::from(s.to_uppercase()),
-        "split" if args.is_empty() => Value::from(s.split_whitespace().map(String::from).collect::<Vec<_>>()),
+        "split" if args.is_empty() => {
+            Value::from(s.split_whitespace().map(String::from).collect::<Vec<_>>())
+        }
         "split" => Value::from(s.split(arg(0)).map(String::from).collect::<Vec<_>>()),
         _ => return Err(Error::from(ErrorKind::UnknownMethod)),
     })

@@ -73,17 +73,27 @@ impl ModelConfig {
     /// Checks internal consistency (divisibility of heads, non-zero sizes).
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(ModelError::InvalidConfig(m));
-        if self.vocab_size == 0 || self.hidden_size == 0 || self.num_layers == 0 || self.intermediate_size == 0 {
+        if self.vocab_size == 0
+            || self.hidden_size == 0
+            || self.num_layers == 0
+            || self.intermediate_size == 0
+        {
             return bad(format!("sizes must be non-zero: {self:?}"));
         }
-        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {
+        if self.num_heads == 0
+            || self.num_kv_heads == 0
+            || !self.num_heads.is_multiple_of(self.num_kv_heads)
+        {
             return bad(format!(
                 "num_heads ({}) must be a non-zero multiple of num_kv_heads ({})",
                 self.num_heads, self.num_kv_heads
             ));
         }
-        if self.head_dim == 0 || self.head_dim % 2 != 0 {
-            return bad(format!("head_dim ({}) must be even and non-zero", self.head_dim));
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
+            return bad(format!(
+                "head_dim ({}) must be even and non-zero",
+                self.head_dim
+            ));
         }
         if self.max_seq_len == 0 {
             return bad("max_seq_len must be non-zero".into());
@@ -165,7 +175,8 @@ fn default_ctx() -> usize {
 impl HfConfig {
     /// Parses `config.json` text.
     pub fn from_json(text: &str) -> Result<Self> {
-        serde_json::from_str(text).map_err(|e| ModelError::InvalidConfig(format!("config.json: {e}")))
+        serde_json::from_str(text)
+            .map_err(|e| ModelError::InvalidConfig(format!("config.json: {e}")))
     }
 
     /// Converts to a validated [`ModelConfig`].
@@ -180,7 +191,9 @@ impl HfConfig {
             num_layers: self.num_hidden_layers,
             num_heads: heads,
             num_kv_heads: self.num_key_value_heads.unwrap_or(heads),
-            head_dim: self.head_dim.unwrap_or(if heads == 0 { 0 } else { self.hidden_size / heads }),
+            head_dim: self
+                .head_dim
+                .unwrap_or(self.hidden_size.checked_div(heads).unwrap_or(0)),
             rope_theta: self.rope_theta,
             rope_style: RopeStyle::Half,
             rms_norm_eps: self.rms_norm_eps,

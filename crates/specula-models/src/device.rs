@@ -65,7 +65,8 @@ impl DeviceChoice {
             DeviceChoice::Metal(i) => {
                 if !candle_core::utils::metal_is_available() {
                     return Err(ModelError::Device(
-                        "Metal requested but not available; build with `--features metal` on macOS".into(),
+                        "Metal requested but not available; build with `--features metal` on macOS"
+                            .into(),
                     ));
                 }
                 Device::new_metal(i).map_err(err)
@@ -90,8 +91,14 @@ mod tests {
     #[test]
     fn parses_devices() {
         assert_eq!("cpu".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cpu);
-        assert_eq!("cuda:1".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cuda(1));
-        assert_eq!("metal".parse::<DeviceChoice>().unwrap(), DeviceChoice::Metal(0));
+        assert_eq!(
+            "cuda:1".parse::<DeviceChoice>().unwrap(),
+            DeviceChoice::Cuda(1)
+        );
+        assert_eq!(
+            "metal".parse::<DeviceChoice>().unwrap(),
+            DeviceChoice::Metal(0)
+        );
         assert!("tpu".parse::<DeviceChoice>().is_err());
         assert!("cuda:x".parse::<DeviceChoice>().is_err());
     }

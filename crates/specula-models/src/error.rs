@@ -37,7 +37,9 @@ pub enum ModelError {
         actual: u64,
     },
     /// The architecture is not a Llama-family decoder this crate implements.
-    #[error("unsupported architecture `{0}`; supported: llama, qwen2, mistral (Llama-family decoders)")]
+    #[error(
+        "unsupported architecture `{0}`; supported: llama, qwen2, mistral (Llama-family decoders)"
+    )]
     UnsupportedArchitecture(String),
     /// A tensor is stored in a quantization type the backend cannot read.
     #[error("unsupported quantization: {0}; re-quantize the model to one of F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q8_K")]

@@ -38,8 +38,8 @@ pub use error::{ModelError, Result};
 pub use gguf::GgufFile;
 pub use hub::HubFile;
 pub use llama::LlamaModel;
-pub use weights::BATCH_INVARIANT_MAX_ROWS;
 pub use tokenizer::Tokenizer;
+pub use weights::BATCH_INVARIANT_MAX_ROWS;
 
 use candle_core::{DType, Device};
 use std::path::{Path, PathBuf};
@@ -149,7 +149,11 @@ pub fn load_with_progress(
     match source {
         ModelSource::Gguf(path) => load_gguf(path, opts, progress),
         ModelSource::Safetensors(dir) => load_safetensors(dir, opts, progress),
-        ModelSource::Hub { repo, file, revision } => {
+        ModelSource::Hub {
+            repo,
+            file,
+            revision,
+        } => {
             let get = |f: &str| {
                 hub::resolve(
                     &HubFile {
@@ -189,11 +193,15 @@ pub fn load_with_progress(
 
 fn shard_names(index: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(index).map_err(|e| ModelError::io(index, e))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| ModelError::InvalidConfig(format!("{}: {e}", index.display())))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| ModelError::InvalidConfig(format!("{}: {e}", index.display())))?;
     let mut names: Vec<String> = v["weight_map"]
         .as_object()
-        .map(|m| m.values().filter_map(|x| x.as_str().map(String::from)).collect())
+        .map(|m| {
+            m.values()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default();
     names.sort();
     names.dedup();
@@ -220,19 +228,27 @@ pub fn gguf_config(g: &GgufFile) -> Result<ModelConfig> {
         intermediate_size: g.get_u64(&key("feed_forward_length"))? as usize,
         num_layers: g.get_u64(&key("block_count"))? as usize,
         num_heads: heads,
-        num_kv_heads: g.get_u64(&key("attention.head_count_kv")).map(|x| x as usize).unwrap_or(heads),
+        num_kv_heads: g
+            .get_u64(&key("attention.head_count_kv"))
+            .map(|x| x as usize)
+            .unwrap_or(heads),
         head_dim: g
             .get_u64(&key("attention.key_length"))
             .map(|x| x as usize)
-            .unwrap_or(if heads == 0 { 0 } else { hidden / heads }),
+            .unwrap_or(hidden.checked_div(heads).unwrap_or(0)),
         rope_theta: g.get_f64(&key("rope.freq_base")).unwrap_or(10_000.0) as f32,
         rope_style: if arch == Architecture::Qwen2 {
             RopeStyle::Half
         } else {
             RopeStyle::Interleaved
         },
-        rms_norm_eps: g.get_f64(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5),
-        max_seq_len: g.get_u64(&key("context_length")).map(|x| x as usize).unwrap_or(4096),
+        rms_norm_eps: g
+            .get_f64(&key("attention.layer_norm_rms_epsilon"))
+            .unwrap_or(1e-5),
+        max_seq_len: g
+            .get_u64(&key("context_length"))
+            .map(|x| x as usize)
+            .unwrap_or(4096),
         attention_bias: g.content.tensor_infos.contains_key("blk.0.attn_q.bias"),
         tie_word_embeddings: !g.content.tensor_infos.contains_key("output.weight"),
     };
@@ -251,7 +267,11 @@ fn check_vocab(tokenizer: &Tokenizer, model_vocab: usize) -> Result<()> {
     Ok(())
 }
 
-fn load_gguf(path: &Path, opts: &LoadOptions, progress: &mut dyn FnMut(usize, usize)) -> Result<LoadedModel> {
+fn load_gguf(
+    path: &Path,
+    opts: &LoadOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<LoadedModel> {
     let mut file = GgufFile::open(path)?;
     let cfg = gguf_config(&file)?;
     let tokenizer = match &opts.tokenizer {
@@ -269,12 +289,17 @@ fn load_gguf(path: &Path, opts: &LoadOptions, progress: &mut dyn FnMut(usize, us
     Ok(LoadedModel { model, tokenizer })
 }
 
-fn load_safetensors(dir: &Path, opts: &LoadOptions, progress: &mut dyn FnMut(usize, usize)) -> Result<LoadedModel> {
+fn load_safetensors(
+    dir: &Path,
+    opts: &LoadOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<LoadedModel> {
     if !dir.is_dir() {
         return Err(ModelError::NotFound(dir.to_path_buf()));
     }
     let config_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&config_path).map_err(|e| ModelError::io(&config_path, e))?;
+    let text =
+        std::fs::read_to_string(&config_path).map_err(|e| ModelError::io(&config_path, e))?;
     let hf = HfConfig::from_json(&text)?;
     let cfg = hf.to_model_config()?;
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -286,7 +311,10 @@ fn load_safetensors(dir: &Path, opts: &LoadOptions, progress: &mut dyn FnMut(usi
     if files.is_empty() {
         return Err(ModelError::NotFound(dir.join("model.safetensors")));
     }
-    let tok_path = opts.tokenizer.clone().unwrap_or_else(|| dir.join("tokenizer.json"));
+    let tok_path = opts
+        .tokenizer
+        .clone()
+        .unwrap_or_else(|| dir.join("tokenizer.json"));
     let mut tokenizer = Tokenizer::from_file(&tok_path)?;
     if let Some(eos) = &hf.eos_token_id {
         tokenizer = tokenizer.with_eos(eos.to_vec());
@@ -297,9 +325,10 @@ fn load_safetensors(dir: &Path, opts: &LoadOptions, progress: &mut dyn FnMut(usi
     check_vocab(&tokenizer, cfg.vocab_size)?;
     let dtype = opts.dtype.unwrap_or(DType::F32);
     // SAFETY: the files are memory-mapped read-only; they must not be modified while loading.
-    let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&files, dtype, &opts.device) }.map_err(|e| {
-        ModelError::InvalidConfig(format!("cannot read safetensors in {}: {e}", dir.display()))
-    })?;
+    let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&files, dtype, &opts.device) }
+        .map_err(|e| {
+            ModelError::InvalidConfig(format!("cannot read safetensors in {}: {e}", dir.display()))
+        })?;
     let mut src = weights::SafetensorsSource { vb, dtype };
     let max = opts.max_seq_len.unwrap_or(cfg.max_seq_len);
     let model = LlamaModel::load(cfg, &mut src, &opts.device, max, progress)?;
@@ -311,15 +340,19 @@ fn read_chat_template(dir: &Path) -> Result<Option<ChatTemplate>> {
     let Ok(text) = std::fs::read_to_string(&path) else {
         return Ok(None);
     };
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| ModelError::InvalidConfig(format!("{}: {e}", path.display())))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| ModelError::InvalidConfig(format!("{}: {e}", path.display())))?;
     let token = |k: &str| match &v[k] {
         serde_json::Value::String(s) => Some(s.clone()),
         serde_json::Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(String::from),
         _ => None,
     };
     match v["chat_template"].as_str() {
-        Some(src) => Ok(Some(ChatTemplate::new(src, token("bos_token"), token("eos_token"))?)),
+        Some(src) => Ok(Some(ChatTemplate::new(
+            src,
+            token("bos_token"),
+            token("eos_token"),
+        )?)),
         None => Ok(None),
     }
 }

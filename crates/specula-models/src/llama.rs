@@ -65,9 +65,19 @@ impl LlamaModel {
                 v: src.linear(&format!("{p}.self_attn.v_proj"), nkv * hd, h, bias)?,
                 o: src.linear(&format!("{p}.self_attn.o_proj"), h, nh * hd, false)?,
                 ffn_norm: src.vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
-                gate: src.linear(&format!("{p}.mlp.gate_proj"), cfg.intermediate_size, h, false)?,
+                gate: src.linear(
+                    &format!("{p}.mlp.gate_proj"),
+                    cfg.intermediate_size,
+                    h,
+                    false,
+                )?,
                 up: src.linear(&format!("{p}.mlp.up_proj"), cfg.intermediate_size, h, false)?,
-                down: src.linear(&format!("{p}.mlp.down_proj"), h, cfg.intermediate_size, false)?,
+                down: src.linear(
+                    &format!("{p}.mlp.down_proj"),
+                    h,
+                    cfg.intermediate_size,
+                    false,
+                )?,
             });
             progress(i + 2, total);
         }
@@ -113,7 +123,11 @@ impl LlamaModel {
         &self.cache
     }
 
-    fn forward_inner(&mut self, tokens: &[TokenId], select: LogitsSelection) -> candle_core::Result<Tensor> {
+    fn forward_inner(
+        &mut self,
+        tokens: &[TokenId],
+        select: LogitsSelection,
+    ) -> candle_core::Result<Tensor> {
         let n = tokens.len();
         let pos = self.cache.len();
         let ids = Tensor::new(tokens, &self.device)?;
@@ -123,7 +137,9 @@ impl LlamaModel {
         let total = pos + n;
         let mask = if n > BATCH_INVARIANT_MAX_ROWS {
             let data: Vec<f32> = (0..n)
-                .flat_map(|i| (0..total).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 }))
+                .flat_map(|i| {
+                    (0..total).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 })
+                })
                 .collect();
             Some(Tensor::from_vec(data, (n, total), &self.device)?)
         } else {
@@ -136,9 +152,20 @@ impl LlamaModel {
         for (layer, b) in self.blocks.iter().enumerate() {
             let residual = x.clone();
             let hs = candle_nn::ops::rms_norm(&x, &b.attn_norm, eps)?;
-            let q = b.q.forward(&hs)?.reshape((1, n, nh, hd))?.transpose(1, 2)?.contiguous()?;
-            let k = b.k.forward(&hs)?.reshape((1, n, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-            let v = b.v.forward(&hs)?.reshape((1, n, nkv, hd))?.transpose(1, 2)?;
+            let q =
+                b.q.forward(&hs)?
+                    .reshape((1, n, nh, hd))?
+                    .transpose(1, 2)?
+                    .contiguous()?;
+            let k =
+                b.k.forward(&hs)?
+                    .reshape((1, n, nkv, hd))?
+                    .transpose(1, 2)?
+                    .contiguous()?;
+            let v =
+                b.v.forward(&hs)?
+                    .reshape((1, n, nkv, hd))?
+                    .transpose(1, 2)?;
             let (q, k) = match self.cfg.rope_style {
                 RopeStyle::Half => (
                     candle_nn::rotary_emb::rope(&q, &cos, &sin)?,
@@ -160,7 +187,15 @@ impl LlamaModel {
                     .map(|i| {
                         let qi = q.narrow(2, i, 1)?.contiguous()?;
                         let len = pos + i + 1;
-                        attention(&qi, &k_all.narrow(2, 0, len)?, &v_all.narrow(2, 0, len)?, groups, 1, None, scale)
+                        attention(
+                            &qi,
+                            &k_all.narrow(2, 0, len)?,
+                            &v_all.narrow(2, 0, len)?,
+                            groups,
+                            1,
+                            None,
+                            scale,
+                        )
                     })
                     .collect::<candle_core::Result<Vec<_>>>()?;
                 Tensor::cat(&rows, 1)?
@@ -214,7 +249,12 @@ fn attention(
 }
 
 /// cos/sin tables of shape `(max_len, head_dim / 2)`.
-fn rope_tables(theta: f32, head_dim: usize, max_len: usize, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
+fn rope_tables(
+    theta: f32,
+    head_dim: usize,
+    max_len: usize,
+    device: &Device,
+) -> candle_core::Result<(Tensor, Tensor)> {
     let half = head_dim / 2;
     let inv: Vec<f32> = (0..half)
         .map(|i| 1.0 / theta.powf(2.0 * i as f32 / head_dim as f32))
@@ -228,7 +268,11 @@ fn rope_tables(theta: f32, head_dim: usize, max_len: usize, device: &Device) -> 
 }
 
 impl CausalLm for LlamaModel {
-    fn forward(&mut self, tokens: &[TokenId], logits: LogitsSelection) -> specula_core::Result<Tensor> {
+    fn forward(
+        &mut self,
+        tokens: &[TokenId],
+        logits: LogitsSelection,
+    ) -> specula_core::Result<Tensor> {
         if tokens.is_empty() {
             return Err(CoreError::EmptyPrompt);
         }
@@ -237,7 +281,10 @@ impl CausalLm for LlamaModel {
             return Err(CoreError::TokenOutOfRange { id, vocab });
         }
         self.cache.reserve(tokens.len()).map_err(|e| match e {
-            KvError::ContextExceeded { needed, max_len } => CoreError::ContextExceeded { needed, limit: max_len },
+            KvError::ContextExceeded { needed, max_len } => CoreError::ContextExceeded {
+                needed,
+                limit: max_len,
+            },
             other => CoreError::Backend(candle_core::Error::Msg(other.to_string())),
         })?;
         let out = self.forward_inner(tokens, logits)?;
@@ -252,7 +299,9 @@ impl CausalLm for LlamaModel {
     }
 
     fn truncate(&mut self, len: usize) -> specula_core::Result<()> {
-        self.cache.truncate(len).map_err(|e| CoreError::invalid("len", e.to_string()))
+        self.cache
+            .truncate(len)
+            .map_err(|e| CoreError::invalid("len", e.to_string()))
     }
 
     fn reset(&mut self) {
@@ -271,4 +320,3 @@ impl CausalLm for LlamaModel {
         &self.device
     }
 }
-

@@ -95,17 +95,25 @@ impl SyntheticSpec {
         let mut rng = Rng::new(self.seed);
         let dev = Device::Cpu;
         let mut mat = |rows: usize, cols: usize, scale: f32| -> Result<Tensor> {
-            let data: Vec<f32> = (0..rows * cols).map(|_| rng.next_normal() as f32 * scale).collect();
+            let data: Vec<f32> = (0..rows * cols)
+                .map(|_| rng.next_normal() as f32 * scale)
+                .collect();
             Ok(Tensor::from_vec(data, (rows, cols), &dev)?)
         };
         let (h, f, hd) = (self.hidden_size, self.intermediate_size, self.head_dim());
         let (qd, kvd) = (self.num_heads * hd, self.num_kv_heads * hd);
         let s = |n: usize| 1.0 / (n as f32).sqrt();
-        let mut out = vec![("model.embed_tokens.weight".to_string(), mat(self.vocab_size, h, 1.0)?)];
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            mat(self.vocab_size, h, 1.0)?,
+        )];
         for i in 0..self.num_layers {
             let p = format!("model.layers.{i}");
             let mut push = |name: &str, t: Tensor| out.push((format!("{p}.{name}"), t));
-            push("input_layernorm.weight", (mat(1, h, 0.1)?.squeeze(0)? + 1.0)?);
+            push(
+                "input_layernorm.weight",
+                (mat(1, h, 0.1)?.squeeze(0)? + 1.0)?,
+            );
             push("self_attn.q_proj.weight", mat(qd, h, s(h))?);
             push("self_attn.k_proj.weight", mat(kvd, h, s(h))?);
             push("self_attn.v_proj.weight", mat(kvd, h, s(h))?);
@@ -115,14 +123,23 @@ impl SyntheticSpec {
                 push("self_attn.v_proj.bias", mat(1, kvd, 0.1)?.squeeze(0)?);
             }
             push("self_attn.o_proj.weight", mat(h, qd, s(qd))?);
-            push("post_attention_layernorm.weight", (mat(1, h, 0.1)?.squeeze(0)? + 1.0)?);
+            push(
+                "post_attention_layernorm.weight",
+                (mat(1, h, 0.1)?.squeeze(0)? + 1.0)?,
+            );
             push("mlp.gate_proj.weight", mat(f, h, s(h))?);
             push("mlp.up_proj.weight", mat(f, h, s(h))?);
             push("mlp.down_proj.weight", mat(h, f, s(f))?);
         }
-        out.push(("model.norm.weight".into(), (mat(1, h, 0.1)?.squeeze(0)? + 1.0)?));
+        out.push((
+            "model.norm.weight".into(),
+            (mat(1, h, 0.1)?.squeeze(0)? + 1.0)?,
+        ));
         if !self.tied {
-            out.push(("lm_head.weight".into(), mat(self.vocab_size, h, self.logit_scale * s(h))?));
+            out.push((
+                "lm_head.weight".into(),
+                mat(self.vocab_size, h, self.logit_scale * s(h))?,
+            ));
         }
         Ok(out)
     }
@@ -137,15 +154,26 @@ impl SyntheticSpec {
         let tok = SyntheticTokenizer::new();
         let mut qtensors = Vec::new();
         for (name, t) in self.tensors()? {
-            let dtype = if t.rank() == 1 { GgmlDType::F32 } else { self.quant };
-            qtensors.push((crate::weights::gguf_name(&name), QTensor::quantize(&t, dtype)?));
+            let dtype = if t.rank() == 1 {
+                GgmlDType::F32
+            } else {
+                self.quant
+            };
+            qtensors.push((
+                crate::weights::gguf_name(&name),
+                QTensor::quantize(&t, dtype)?,
+            ));
         }
         let k = |s: &str| format!("{arch}.{s}");
         let u32v = |x: usize| Value::U32(x as u32);
-        let strings = |v: &[String]| Value::Array(v.iter().map(|s| Value::String(s.clone())).collect());
+        let strings =
+            |v: &[String]| Value::Array(v.iter().map(|s| Value::String(s.clone())).collect());
         let meta: Vec<(String, Value)> = vec![
             ("general.architecture".into(), Value::String(arch.into())),
-            ("general.name".into(), Value::String(format!("synthetic-{arch}"))),
+            (
+                "general.name".into(),
+                Value::String(format!("synthetic-{arch}")),
+            ),
             (k("context_length"), u32v(self.max_seq_len)),
             (k("embedding_length"), u32v(self.hidden_size)),
             (k("feed_forward_length"), u32v(self.intermediate_size)),
@@ -155,17 +183,34 @@ impl SyntheticSpec {
             (k("rope.freq_base"), Value::F32(10_000.0)),
             (k("attention.layer_norm_rms_epsilon"), Value::F32(1e-6)),
             ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
-            ("tokenizer.ggml.pre".into(), Value::String(if self.arch == Architecture::Qwen2 { "qwen2" } else { "smollm" }.into())),
+            (
+                "tokenizer.ggml.pre".into(),
+                Value::String(
+                    if self.arch == Architecture::Qwen2 {
+                        "qwen2"
+                    } else {
+                        "smollm"
+                    }
+                    .into(),
+                ),
+            ),
             ("tokenizer.ggml.tokens".into(), strings(&tok.tokens)),
             ("tokenizer.ggml.merges".into(), strings(&tok.merges)),
-            ("tokenizer.ggml.token_type".into(), Value::Array(tok.types.iter().map(|&t| Value::I32(t)).collect())),
+            (
+                "tokenizer.ggml.token_type".into(),
+                Value::Array(tok.types.iter().map(|&t| Value::I32(t)).collect()),
+            ),
             ("tokenizer.ggml.bos_token_id".into(), u32v(tok.eos as usize)),
             ("tokenizer.ggml.eos_token_id".into(), u32v(tok.eos as usize)),
             ("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)),
-            ("tokenizer.chat_template".into(), Value::String(CHAT_TEMPLATE.into())),
+            (
+                "tokenizer.chat_template".into(),
+                Value::String(CHAT_TEMPLATE.into()),
+            ),
         ];
         let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
-        let tensor_refs: Vec<(&str, &QTensor)> = qtensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let tensor_refs: Vec<(&str, &QTensor)> =
+            qtensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
         let mut f = std::fs::File::create(path).map_err(|e| ModelError::io(path, e))?;
         candle_core::quantized::gguf_file::write(&mut f, &meta_refs, &tensor_refs)?;
         Ok(())
@@ -203,7 +248,8 @@ impl SyntheticSpec {
         write("tokenizer.json", tok.json()?.to_string())?;
         write(
             "tokenizer_config.json",
-            serde_json::json!({"chat_template": CHAT_TEMPLATE, "eos_token": "<|im_end|>"}).to_string(),
+            serde_json::json!({"chat_template": CHAT_TEMPLATE, "eos_token": "<|im_end|>"})
+                .to_string(),
         )?;
         let mut map = HashMap::new();
         for (name, t) in self.tensors()? {
@@ -240,9 +286,14 @@ impl SyntheticTokenizer {
     /// Builds the vocabulary.
     pub fn new() -> Self {
         let byte_chars = gpt2_byte_chars();
-        let mut tokens: Vec<String> = (0..=255u8).map(|b| byte_chars[b as usize].to_string()).collect();
+        let mut tokens: Vec<String> = (0..=255u8)
+            .map(|b| byte_chars[b as usize].to_string())
+            .collect();
         let mut merges = Vec::new();
-        let words = ["Ġthe", "Ġand", "Ġdef", "Ġreturn", "in", "er", "on", "Ġfor", "Ġhello", "Ġworld", "ĠĠĠ", "self", "Ġ="];
+        let words = [
+            "Ġthe", "Ġand", "Ġdef", "Ġreturn", "in", "er", "on", "Ġfor", "Ġhello", "Ġworld", "ĠĠĠ",
+            "self", "Ġ=",
+        ];
         for w in words {
             // Merge left to right: w[..2], then (w[..2], w[2]), ...
             let chars: Vec<char> = w.chars().collect();
@@ -285,7 +336,8 @@ pub fn gpt2_byte_chars() -> Vec<char> {
     let mut map = vec!['\0'; 256];
     let mut n = 0u32;
     for b in 0..256u32 {
-        let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+        let printable =
+            (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
         let c = if printable {
             b
         } else {

@@ -13,7 +13,15 @@ const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// Token texts that end a turn or a document in common chat models.
-const END_MARKERS: &[&str] = &["<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "</s>", "<end_of_turn>", "<|end|>"];
+const END_MARKERS: &[&str] = &[
+    "<|endoftext|>",
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|end_of_text|>",
+    "</s>",
+    "<end_of_turn>",
+    "<|end|>",
+];
 
 /// A tokenizer plus what generation needs to know about it: BOS handling, end-of-sequence ids and
 /// the chat template.
@@ -42,7 +50,10 @@ impl Tokenizer {
     /// Wraps a `tokenizers` tokenizer. End-of-sequence ids are taken from the known end markers
     /// present in its vocabulary; use [`Self::with_eos`] to set them explicitly.
     pub fn new(inner: tokenizers::Tokenizer) -> Self {
-        let eos = END_MARKERS.iter().filter_map(|m| inner.token_to_id(m)).collect();
+        let eos = END_MARKERS
+            .iter()
+            .filter_map(|m| inner.token_to_id(m))
+            .collect();
         Tokenizer {
             inner,
             bos: None,
@@ -75,18 +86,27 @@ impl Tokenizer {
         }
         let tokens = gguf.get_str_array("tokenizer.ggml.tokens")?;
         let merges = gguf.get_str_array("tokenizer.ggml.merges")?;
-        let types = gguf.get_int_array("tokenizer.ggml.token_type").unwrap_or_default();
+        let types = gguf
+            .get_int_array("tokenizer.ggml.token_type")
+            .unwrap_or_default();
         let pre = gguf.get_str("tokenizer.ggml.pre").unwrap_or("default");
         let json = bpe_json(&tokens, &merges, &types, pre)?;
-        let inner = tokenizers::Tokenizer::from_bytes(json.to_string().as_bytes()).map_err(tok_err)?;
+        let inner =
+            tokenizers::Tokenizer::from_bytes(json.to_string().as_bytes()).map_err(tok_err)?;
 
         let id = |key: &str| gguf.get_u64(key).ok().map(|x| x as TokenId);
         let bos = id("tokenizer.ggml.bos_token_id");
-        let add_bos = gguf.get_bool("tokenizer.ggml.add_bos_token").unwrap_or(false) && bos.is_some();
-        let mut eos: Vec<TokenId> = [id("tokenizer.ggml.eos_token_id"), id("tokenizer.ggml.eot_token_id")]
-            .into_iter()
-            .flatten()
-            .collect();
+        let add_bos = gguf
+            .get_bool("tokenizer.ggml.add_bos_token")
+            .unwrap_or(false)
+            && bos.is_some();
+        let mut eos: Vec<TokenId> = [
+            id("tokenizer.ggml.eos_token_id"),
+            id("tokenizer.ggml.eot_token_id"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         for m in END_MARKERS {
             if let Some(t) = inner.token_to_id(m) {
                 if !eos.contains(&t) {
@@ -94,7 +114,10 @@ impl Tokenizer {
                 }
             }
         }
-        let token_text = |t: Option<TokenId>| t.and_then(|t| tokens.get(t as usize)).map(|s| s.to_string());
+        let token_text = |t: Option<TokenId>| {
+            t.and_then(|t| tokens.get(t as usize))
+                .map(|s| s.to_string())
+        };
         let chat_template = match gguf.get_str("tokenizer.chat_template") {
             Ok(src) => Some(ChatTemplate::new(
                 src,
@@ -187,7 +210,12 @@ impl Tokenizer {
 }
 
 /// The `tokenizer.json` document of a byte-level BPE tokenizer.
-pub(crate) fn bpe_json(tokens: &[&str], merges: &[&str], types: &[i64], pre: &str) -> Result<Value> {
+pub(crate) fn bpe_json(
+    tokens: &[&str],
+    merges: &[&str],
+    types: &[i64],
+    pre: &str,
+) -> Result<Value> {
     let mut vocab = serde_json::Map::with_capacity(tokens.len());
     let mut added = Vec::new();
     for (id, tok) in tokens.iter().enumerate() {

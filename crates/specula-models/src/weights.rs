@@ -61,7 +61,10 @@ impl Linear {
                 let dims = x.dims().to_vec();
                 let inner = dims[dims.len() - 1];
                 let rows = x.elem_count() / inner.max(1);
-                let y = x.reshape((rows, inner))?.to_dtype(w.dtype())?.matmul(&w.t()?)?;
+                let y = x
+                    .reshape((rows, inner))?
+                    .to_dtype(w.dtype())?
+                    .matmul(&w.t()?)?;
                 let mut out = dims;
                 let last = out.len() - 1;
                 out[last] = w.dim(0)?;
@@ -185,7 +188,10 @@ impl GgufSource<'_> {
 
 impl WeightSource for GgufSource<'_> {
     fn contains(&self, name: &str) -> bool {
-        self.file.content.tensor_infos.contains_key(&gguf_name(name))
+        self.file
+            .content
+            .tensor_infos
+            .contains_key(&gguf_name(name))
     }
 
     fn linear(&mut self, name: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
@@ -207,7 +213,7 @@ impl WeightSource for GgufSource<'_> {
     fn embedding(&mut self, name: &str, rows: usize, cols: usize) -> Result<Embedding> {
         let q = self.qtensor(name, &[rows, cols])?;
         // Quantized row gather needs whole blocks per row; otherwise keep a dense table.
-        if self.dense.is_none() && cols % q.dtype().block_size() == 0 {
+        if self.dense.is_none() && cols.is_multiple_of(q.dtype().block_size()) {
             Ok(Embedding::Quantized(Arc::new(q)))
         } else {
             let dt = self.dense.unwrap_or(DType::F32);
@@ -264,7 +270,11 @@ impl WeightSource for SafetensorsSource<'_> {
     }
 
     fn embedding(&mut self, name: &str, rows: usize, cols: usize) -> Result<Embedding> {
-        Ok(Embedding::Dense(self.get(name, &[rows, cols], self.dtype)?))
+        Ok(Embedding::Dense(self.get(
+            name,
+            &[rows, cols],
+            self.dtype,
+        )?))
     }
 
     fn tied_output(&mut self, name: &str, rows: usize, cols: usize) -> Result<Linear> {
@@ -282,9 +292,18 @@ mod tests {
     #[test]
     fn names_map_to_llama_cpp() {
         assert_eq!(gguf_name("model.embed_tokens.weight"), "token_embd.weight");
-        assert_eq!(gguf_name("model.layers.3.self_attn.q_proj.bias"), "blk.3.attn_q.bias");
-        assert_eq!(gguf_name("model.layers.11.mlp.down_proj.weight"), "blk.11.ffn_down.weight");
-        assert_eq!(gguf_name("model.layers.0.post_attention_layernorm.weight"), "blk.0.ffn_norm.weight");
+        assert_eq!(
+            gguf_name("model.layers.3.self_attn.q_proj.bias"),
+            "blk.3.attn_q.bias"
+        );
+        assert_eq!(
+            gguf_name("model.layers.11.mlp.down_proj.weight"),
+            "blk.11.ffn_down.weight"
+        );
+        assert_eq!(
+            gguf_name("model.layers.0.post_attention_layernorm.weight"),
+            "blk.0.ffn_norm.weight"
+        );
         assert_eq!(gguf_name("lm_head.weight"), "output.weight");
     }
 }

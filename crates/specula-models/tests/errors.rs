@@ -20,7 +20,11 @@ fn missing_file() {
     let err = load_path(Path::new("/nonexistent/model.gguf")).unwrap_err();
     assert!(matches!(err, ModelError::NotFound(_)), "{err}");
     assert!(err.to_string().contains("fetch-models.sh"));
-    let err = load(&ModelSource::Safetensors("/nonexistent/dir".into()), &LoadOptions::default()).unwrap_err();
+    let err = load(
+        &ModelSource::Safetensors("/nonexistent/dir".into()),
+        &LoadOptions::default(),
+    )
+    .unwrap_err();
     assert!(matches!(err, ModelError::NotFound(_)), "{err}");
 }
 
@@ -54,7 +58,10 @@ fn corrupt_file() {
 
 /// Replaces the bytes of `from` with `to` (same length) once.
 fn patch(bytes: &mut [u8], from: &[u8], to: &[u8]) {
-    let i = bytes.windows(from.len()).position(|w| w == from).expect("pattern present");
+    let i = bytes
+        .windows(from.len())
+        .position(|w| w == from)
+        .expect("pattern present");
     bytes[i..i + to.len()].copy_from_slice(to);
 }
 
@@ -68,7 +75,10 @@ fn unsupported_architecture() {
     patch(&mut bytes, needle, b"\x05\x00\x00\x00\x00\x00\x00\x00gemm3");
     std::fs::write(&p, &bytes).unwrap();
     let err = load_path(&p).unwrap_err();
-    assert!(matches!(err, ModelError::UnsupportedArchitecture(ref a) if a == "gemm3"), "{err}");
+    assert!(
+        matches!(err, ModelError::UnsupportedArchitecture(ref a) if a == "gemm3"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -92,7 +102,10 @@ fn unsupported_quantization() {
     patch(&mut bytes, &from, &to);
     std::fs::write(&p, &bytes).unwrap();
     let err = load_path(&p).unwrap_err();
-    assert!(matches!(err, ModelError::UnsupportedQuantization(_)), "{err}");
+    assert!(
+        matches!(err, ModelError::UnsupportedQuantization(_)),
+        "{err}"
+    );
 }
 
 #[test]
@@ -105,16 +118,28 @@ fn tokenizer_larger_than_model_vocabulary() {
     let p = dir.path().join("small-vocab.gguf");
     spec.write_gguf(&p).unwrap();
     let err = load_path(&p).unwrap_err();
-    assert!(matches!(err, ModelError::VocabMismatch { model: 100, .. }), "{err}");
+    assert!(
+        matches!(err, ModelError::VocabMismatch { model: 100, .. }),
+        "{err}"
+    );
 }
 
 #[test]
 fn missing_tokenizer_and_bad_config() {
     let dir = tempfile::tempdir().unwrap();
     let st = dir.path().join("st");
-    SyntheticSpec::tiny_qwen2().write_safetensors(&st, candle_core::DType::F32).unwrap();
+    SyntheticSpec::tiny_qwen2()
+        .write_safetensors(&st, candle_core::DType::F32)
+        .unwrap();
     std::fs::write(st.join("config.json"), "{\"model_type\": \"qwen2\"}").unwrap();
-    let err = load(&ModelSource::Safetensors(st.clone()), &LoadOptions::default()).unwrap_err();
+    let err = load(
+        &ModelSource::Safetensors(st.clone()),
+        &LoadOptions::default(),
+    )
+    .unwrap_err();
     assert!(matches!(err, ModelError::InvalidConfig(_)), "{err}");
-    assert!(matches!(Tokenizer::from_file(dir.path().join("none.json")), Err(ModelError::NotFound(_))));
+    assert!(matches!(
+        Tokenizer::from_file(dir.path().join("none.json")),
+        Err(ModelError::NotFound(_))
+    ));
 }

@@ -27,7 +27,11 @@ fn gguf_resolves_through_a_local_hub_cache() {
     let cache = tmp.path().join("hub");
     make_cache(&cache, "specula/tiny-qwen2", &[("tiny-q8_0.gguf", &model)]);
 
-    let path = hub::resolve(&HubFile::new("specula/tiny-qwen2", "tiny-q8_0.gguf"), Some(cache.clone())).unwrap();
+    let path = hub::resolve(
+        &HubFile::new("specula/tiny-qwen2", "tiny-q8_0.gguf"),
+        Some(cache.clone()),
+    )
+    .unwrap();
     assert!(path.starts_with(&cache));
 
     let source = ModelSource::parse("specula/tiny-qwen2:tiny-q8_0.gguf");
@@ -36,9 +40,19 @@ fn gguf_resolves_through_a_local_hub_cache() {
         ..Default::default()
     };
     let mut m = load(&source, &opts).unwrap().model;
-    let hub_logits = m.forward(&[1, 2, 3], LogitsSelection::Last).unwrap().to_vec2::<f32>().unwrap();
-    let mut direct = load(&ModelSource::gguf(&model), &LoadOptions::default()).unwrap().model;
-    let direct_logits = direct.forward(&[1, 2, 3], LogitsSelection::Last).unwrap().to_vec2::<f32>().unwrap();
+    let hub_logits = m
+        .forward(&[1, 2, 3], LogitsSelection::Last)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    let mut direct = load(&ModelSource::gguf(&model), &LoadOptions::default())
+        .unwrap()
+        .model;
+    let direct_logits = direct
+        .forward(&[1, 2, 3], LogitsSelection::Last)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
     assert_eq!(hub_logits, direct_logits);
 }
 
@@ -46,10 +60,21 @@ fn gguf_resolves_through_a_local_hub_cache() {
 fn safetensors_checkpoint_resolves_through_a_local_hub_cache() {
     let tmp = tempfile::tempdir().unwrap();
     let st = tmp.path().join("st");
-    SyntheticSpec::tiny_llama().write_safetensors(&st, candle_core::DType::F32).unwrap();
-    let files = ["config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"];
+    SyntheticSpec::tiny_llama()
+        .write_safetensors(&st, candle_core::DType::F32)
+        .unwrap();
+    let files = [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "model.safetensors",
+    ];
     let paths: Vec<_> = files.iter().map(|f| st.join(f)).collect();
-    let pairs: Vec<(&str, &Path)> = files.iter().copied().zip(paths.iter().map(|p| p.as_path())).collect();
+    let pairs: Vec<(&str, &Path)> = files
+        .iter()
+        .copied()
+        .zip(paths.iter().map(|p| p.as_path()))
+        .collect();
     let cache = tmp.path().join("hub");
     make_cache(&cache, "specula/tiny-llama", &pairs);
     let opts = LoadOptions {

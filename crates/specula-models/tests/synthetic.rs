@@ -13,7 +13,9 @@ fn tmp() -> tempfile::TempDir {
 fn gguf_model(spec: &SyntheticSpec, dir: &tempfile::TempDir) -> LlamaModel {
     let path = dir.path().join("m.gguf");
     spec.write_gguf(&path).unwrap();
-    load(&ModelSource::gguf(&path), &LoadOptions::default()).unwrap().model
+    load(&ModelSource::gguf(&path), &LoadOptions::default())
+        .unwrap()
+        .model
 }
 
 fn st_model(spec: &SyntheticSpec, dir: &tempfile::TempDir, dtype: DType) -> LlamaModel {
@@ -35,7 +37,10 @@ fn argmax(v: &[f32]) -> usize {
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 const SEQ: [u32; 12] = [5, 77, 12, 300, 9, 41, 41, 260, 3, 199, 18, 64];
@@ -109,7 +114,11 @@ fn incremental_decoding_equals_full_recompute() {
             let mut sorted = b.clone();
             sorted.sort_by(|x, y| y.total_cmp(x));
             if sorted[0] - sorted[1] > tol {
-                assert_eq!(argmax(a), argmax(b), "{name}: argmax differs at position {i}");
+                assert_eq!(
+                    argmax(a),
+                    argmax(b),
+                    "{name}: argmax differs at position {i}"
+                );
             }
         }
     }
@@ -139,7 +148,10 @@ fn multi_token_forward_equals_single_steps() {
             assert!(max_abs_diff(a, b) < 5e-2, "{name}: {}", max_abs_diff(a, b));
             assert_eq!(argmax(a), argmax(b), "{name}");
         }
-        assert!(exact, "{name}: CPU forward must be batch-invariant (bit-exact), see ARCHITECTURE.md");
+        assert!(
+            exact,
+            "{name}: CPU forward must be batch-invariant (bit-exact), see ARCHITECTURE.md"
+        );
         eprintln!("{name}: n-token forward bit-exact = {exact} (max |diff| {max_diff:e})");
     }
 }
@@ -192,7 +204,10 @@ fn context_limit_is_an_error() {
     assert!(err.to_string().contains("context length exceeded"), "{err}");
     assert_eq!(m.seq_len(), 6);
     let err = m.forward(&[999], LogitsSelection::Last).unwrap_err();
-    assert!(err.to_string().contains("outside the model's vocabulary"), "{err}");
+    assert!(
+        err.to_string().contains("outside the model's vocabulary"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -200,13 +215,19 @@ fn dequantized_gguf_runs_in_bf16() {
     let dir = tmp();
     let path = dir.path().join("m.gguf");
     SyntheticSpec::tiny_qwen2().write_gguf(&path).unwrap();
-    let mut q = load(&ModelSource::gguf(&path), &LoadOptions::default()).unwrap().model;
+    let mut q = load(&ModelSource::gguf(&path), &LoadOptions::default())
+        .unwrap()
+        .model;
     let opts = LoadOptions {
         dtype: Some(DType::BF16),
         ..Default::default()
     };
     let mut b = load(&ModelSource::gguf(&path), &opts).unwrap().model;
     let (x, y) = (full(&mut q), full(&mut b));
-    let agree = x.iter().zip(&y).filter(|(p, q)| argmax(p) == argmax(q)).count();
+    let agree = x
+        .iter()
+        .zip(&y)
+        .filter(|(p, q)| argmax(p) == argmax(q))
+        .count();
     assert!(agree >= SEQ.len() - 1, "{agree}");
 }
