@@ -7,17 +7,7 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use specula::{CausalLm, GenerateParams, Generator, LogitsSelection, ModelSource};
 use specula_models::synthetic::SyntheticSpec;
-use std::path::PathBuf;
 use std::time::Duration;
-
-fn models_dir() -> PathBuf {
-    std::env::var_os("SPECULA_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/specula/models")
-        })
-}
 
 fn bench_generator(c: &mut Criterion, name: &str, mut g: Generator) {
     let prompt = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n";
@@ -86,7 +76,7 @@ fn real(c: &mut Criterion) {
             "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
         ),
     ] {
-        let path = models_dir().join(file);
+        let path = specula_models::models_dir().join(file);
         if !path.exists() {
             eprintln!(
                 "skipping {name}: {} not found; run scripts/fetch-models.sh",

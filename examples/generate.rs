@@ -70,13 +70,8 @@ struct Args {
 }
 
 fn default_model() -> String {
-    let dir = std::env::var_os("SPECULA_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/specula/models")
-        });
-    dir.join("qwen2.5-coder-1.5b-instruct-q4_k_m.gguf")
+    specula_models::models_dir()
+        .join("qwen2.5-coder-1.5b-instruct-q4_k_m.gguf")
         .display()
         .to_string()
 }

@@ -7,20 +7,12 @@
 
 use specula::{ChatMessage, FinishReason, GenerateParams, Generator, ModelSource, SamplingParams};
 use specula_core::{CausalLm, LogitsSelection};
-use specula_models::{load, GgufFile, LoadOptions, Tokenizer};
+use specula_models::{load, models_dir, GgufFile, LoadOptions, Tokenizer};
 use std::path::PathBuf;
 
 const QWEN_05B: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
 const QWEN_15B: &str = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf";
 const SMOLLM2: &str = "smollm2-135m-instruct-q4_1.gguf";
-
-fn models_dir() -> PathBuf {
-    match std::env::var_os("SPECULA_MODELS_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-            .join(".cache/specula/models"),
-    }
-}
 
 /// Path of a real model, or `None` when the user explicitly skips real-model tests.
 fn real_model(file: &str) -> Option<PathBuf> {

@@ -44,6 +44,16 @@ pub use weights::BATCH_INVARIANT_MAX_ROWS;
 use candle_core::{DType, Device};
 use std::path::{Path, PathBuf};
 
+/// Where `scripts/fetch-models.sh` caches the real models: `$SPECULA_MODELS_DIR`, else
+/// `~/.cache/specula/models`.
+pub fn models_dir() -> PathBuf {
+    match std::env::var_os("SPECULA_MODELS_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+            .join(".cache/specula/models"),
+    }
+}
+
 /// Where to load a model from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSource {
