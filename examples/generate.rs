@@ -5,6 +5,8 @@
 //!     --prompt "def fibonacci(n):" --max-tokens 128
 //! cargo run --release --example generate -- --model Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF:qwen2.5-coder-0.5b-instruct-q4_k_m.gguf \
 //!     --chat --prompt "Write quicksort in Rust" --temperature 0.7 --top-p 0.9 --json
+//! # speculative decoding with the 0.5B draft
+//! cargo run --release --example generate -- --draft ~/.cache/specula/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf --draft-len 4
 //! ```
 
 use clap::Parser;
@@ -21,6 +23,12 @@ struct Args {
     /// `owner/name:file.gguf` (hub GGUF). Default: the 1.5B Qwen target in the model cache.
     #[arg(long)]
     model: Option<String>,
+    /// A draft model for speculative decoding (same sources as --model; same tokenizer).
+    #[arg(long)]
+    draft: Option<String>,
+    /// Tokens drafted per speculative step.
+    #[arg(long, default_value_t = specula::DEFAULT_DRAFT_LEN)]
+    draft_len: usize,
     /// The prompt (or the user message with --chat).
     #[arg(long, default_value = "def fibonacci(n):")]
     prompt: String,
@@ -106,6 +114,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(t) = &args.tokenizer {
         builder = builder.tokenizer(t);
     }
+    if let Some(d) = &args.draft {
+        builder = builder
+            .draft(ModelSource::parse(d))
+            .draft_len(args.draft_len);
+    }
     if let Some(d) = &args.dtype {
         builder = builder.dtype(match d.as_str() {
             "f32" => candle_core::DType::F32,
@@ -152,11 +165,15 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "token_ids": out.tokens,
             "finish_reason": out.finish_reason,
             "metrics": out.metrics,
+            "speculation": out.speculation,
         });
         writeln!(stdout, "{record}")?;
     } else {
         println!();
         eprintln!("[{}] {}", out.finish_reason, out.metrics.summary());
+        if let Some(s) = &out.speculation {
+            eprintln!("speculation (k = {}): {}", args.draft_len, s.summary());
+        }
     }
     Ok(())
 }

@@ -8,7 +8,9 @@ use specula_core::{
     CausalLm, CoreError, FinishReason, GenerationMetrics, LogitsProcessor, LogitsSelection,
     SamplingParams, StopStringMatcher, TokenId,
 };
+use specula_draft::{DraftModel, Proposer};
 use specula_models::{ChatMessage, DeviceChoice, LoadOptions, ModelError, ModelSource, Tokenizer};
+use specula_verify::AcceptanceStats;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -84,6 +86,8 @@ pub struct Generation {
     pub finish_reason: FinishReason,
     /// Timing.
     pub metrics: GenerationMetrics,
+    /// Speculation statistics (`None` for plain decoding).
+    pub speculation: Option<AcceptanceStats>,
 }
 
 /// Loads a model and its tokenizer into a [`Generator`].
@@ -96,9 +100,23 @@ pub struct GeneratorBuilder {
     tokenizer: Option<PathBuf>,
     hub_cache: Option<PathBuf>,
     progress: Option<Box<dyn FnMut(usize, usize)>>,
+    draft: Option<ModelSource>,
+    draft_len: Option<usize>,
 }
 
 impl GeneratorBuilder {
+    /// A draft model for speculative decoding (same tokenizer as the target).
+    pub fn draft(mut self, source: ModelSource) -> Self {
+        self.draft = Some(source);
+        self
+    }
+
+    /// Tokens drafted per step (default [`DEFAULT_DRAFT_LEN`]).
+    pub fn draft_len(mut self, k: usize) -> Self {
+        self.draft_len = Some(k);
+        self
+    }
+
     /// The model to load (required).
     pub fn model(mut self, source: ModelSource) -> Self {
         self.source = Some(source);
@@ -155,14 +173,73 @@ impl GeneratorBuilder {
         };
         let mut progress = self.progress.unwrap_or_else(|| Box::new(|_, _| {}));
         let loaded = specula_models::load_with_progress(&source, &opts, &mut *progress)?;
-        Generator::new(loaded.model, loaded.tokenizer)
+        let mut generator = Generator::new(loaded.model, loaded.tokenizer)?;
+        if let Some(draft) = self.draft {
+            // The draft keeps its weights as stored (quantized); only the target honours `dtype`.
+            let draft_opts = LoadOptions {
+                dtype: None,
+                tokenizer: None,
+                ..opts
+            };
+            let d = specula_models::load_with_progress(&draft, &draft_opts, &mut *progress)?;
+            check_compatible(&generator.tokenizer, &d.tokenizer)?;
+            let vocab = generator.model.vocab_size();
+            generator = generator.with_proposer(
+                Box::new(DraftModel::new(d.model, vocab)),
+                self.draft_len.unwrap_or(DEFAULT_DRAFT_LEN),
+            )?;
+        }
+        Ok(generator)
     }
 }
 
-/// Generates text with a causal language model.
+/// Draft length used when none is given.
+pub const DEFAULT_DRAFT_LEN: usize = 4;
+
+/// Largest draft length: a verification forward of `k + 1` rows must stay within the rows that
+/// the model computes batch-invariantly (`specula_models::BATCH_INVARIANT_MAX_ROWS`).
+pub const MAX_DRAFT_LEN: usize = specula_models::BATCH_INVARIANT_MAX_ROWS - 1;
+
+/// Checks that a draft's tokenizer agrees with the target's on every id both can emit and on the
+/// end-of-sequence tokens.
+pub fn check_compatible(target: &Tokenizer, draft: &Tokenizer) -> Result<()> {
+    let incompatible = |m: String| Err(Error::IncompatibleDraft(m));
+    let t_vocab = target.inner().get_vocab(true);
+    let mut mismatches = 0usize;
+    let mut example = None;
+    for (token, &id) in draft.inner().get_vocab(true).iter() {
+        match t_vocab.get(token) {
+            Some(&tid) if tid == id => {}
+            _ if (id as usize) >= target.vocab_size() => {}
+            other => {
+                mismatches += 1;
+                example.get_or_insert_with(|| format!("draft `{token}` = {id}, target {other:?}"));
+            }
+        }
+    }
+    if mismatches > 0 {
+        return incompatible(format!(
+            "{mismatches} tokens differ between the draft and target vocabularies (e.g. {}); use a draft from the same model family",
+            example.unwrap_or_default()
+        ));
+    }
+    if target.eos_token_ids().first() != draft.eos_token_ids().first() {
+        return incompatible(format!(
+            "end-of-sequence tokens differ: target {:?}, draft {:?}",
+            target.eos_token_ids(),
+            draft.eos_token_ids()
+        ));
+    }
+    Ok(())
+}
+
+/// Generates text with a causal language model, optionally speculating with a [`Proposer`].
 pub struct Generator {
     model: Box<dyn CausalLm + Send>,
     tokenizer: Tokenizer,
+    proposer: Option<Box<dyn Proposer>>,
+    draft_len: usize,
+    stats: AcceptanceStats,
 }
 
 impl std::fmt::Debug for Generator {
@@ -192,7 +269,61 @@ impl Generator {
         Ok(Generator {
             model: Box::new(model),
             tokenizer,
+            proposer: None,
+            draft_len: 0,
+            stats: AcceptanceStats::default(),
         })
+    }
+
+    /// Speculates with `proposer`, drafting up to `k` tokens per step (1..=[`MAX_DRAFT_LEN`]).
+    pub fn with_proposer(mut self, proposer: Box<dyn Proposer>, k: usize) -> Result<Self> {
+        if k == 0 || k > MAX_DRAFT_LEN {
+            return Err(CoreError::invalid(
+                "draft_len",
+                format!("{k} is outside 1..={MAX_DRAFT_LEN}"),
+            )
+            .into());
+        }
+        self.proposer = Some(proposer);
+        self.draft_len = k;
+        self.stats = AcceptanceStats::new(k);
+        Ok(self)
+    }
+
+    /// Speculates with a draft model (its tokenizer must match; see [`check_compatible`]).
+    pub fn with_draft(self, draft: impl CausalLm + Send + 'static, k: usize) -> Result<Self> {
+        let vocab = self.model.vocab_size();
+        self.with_proposer(Box::new(DraftModel::new(draft, vocab)), k)
+    }
+
+    /// Removes the proposer: plain decoding.
+    pub fn without_speculation(mut self) -> Self {
+        self.proposer = None;
+        self.draft_len = 0;
+        self
+    }
+
+    /// Sets the draft length of an already configured proposer.
+    pub fn set_draft_len(&mut self, k: usize) -> Result<()> {
+        if k == 0 || k > MAX_DRAFT_LEN {
+            return Err(CoreError::invalid(
+                "draft_len",
+                format!("{k} is outside 1..={MAX_DRAFT_LEN}"),
+            )
+            .into());
+        }
+        self.draft_len = k;
+        Ok(())
+    }
+
+    /// True when a proposer is configured.
+    pub fn is_speculative(&self) -> bool {
+        self.proposer.is_some()
+    }
+
+    /// Speculation statistics accumulated over every request of this generator.
+    pub fn stats(&self) -> &AcceptanceStats {
+        &self.stats
     }
 
     /// The tokenizer.
@@ -263,43 +394,95 @@ impl Generator {
 
         let start = Instant::now();
         self.model.reset();
-        let mut logits = self.model.forward(prompt, LogitsSelection::Last)?;
+        let logits = self.model.forward(prompt, LogitsSelection::Last)?;
         let prefill = start.elapsed();
 
         let mut history = prompt.to_vec();
         let mut out = Output::new(&self.tokenizer, stops);
         let mut token_times: Vec<Duration> = Vec::new();
-        let finish = loop {
-            let row: Vec<f32> = logits
-                .squeeze(0)
-                .map_err(CoreError::from)?
-                .to_vec1()
-                .map_err(CoreError::from)?;
-            let token = sampler.sample(&row, &history);
-            if eos.contains(&token) {
-                break FinishReason::Eos;
+        let mut spec = self
+            .proposer
+            .as_ref()
+            .map(|_| AcceptanceStats::new(self.draft_len));
+        if let Some(p) = self.proposer.as_mut() {
+            p.reset();
+        }
+        let row: Vec<f32> = logits
+            .squeeze(0)
+            .map_err(CoreError::from)?
+            .to_vec1()
+            .map_err(CoreError::from)?;
+        let mut batch = vec![sampler.sample(&row, &history)];
+        let finish = 'outer: loop {
+            // Emit the tokens of the last step in order; anything after a stop is discarded.
+            for &token in &batch {
+                if eos.contains(&token) {
+                    break 'outer FinishReason::Eos;
+                }
+                token_times.push(start.elapsed());
+                history.push(token);
+                if out.push(token, &mut on_text)? {
+                    break 'outer FinishReason::StopString;
+                }
+                if out.tokens.len() >= params.max_new_tokens {
+                    break 'outer FinishReason::MaxTokens;
+                }
             }
-            token_times.push(start.elapsed());
-            history.push(token);
-            if out.push(token, &mut on_text)? {
-                break FinishReason::StopString;
-            }
-            if out.tokens.len() >= params.max_new_tokens {
-                break FinishReason::MaxTokens;
-            }
-            if self.model.seq_len() + 1 >= limit {
+            // Invariant: the cache holds every token of `history` but the last.
+            let room = limit.saturating_sub(history.len());
+            if room == 0 {
                 break FinishReason::ContextFull;
             }
-            logits = self.model.forward(&[token], LogitsSelection::Last)?;
+            let last = history[history.len() - 1];
+            // Never draft past what may still be emitted or what the context can hold.
+            let remaining = params.max_new_tokens - out.tokens.len();
+            let k = self.draft_len.min(remaining - 1).min(room - 1);
+            batch = match (self.proposer.as_mut(), spec.as_mut()) {
+                (Some(proposer), Some(stats)) if k > 0 => {
+                    let t0 = Instant::now();
+                    let proposal = proposer.propose(&history, k, &sampler)?;
+                    let t1 = Instant::now();
+                    let v = specula_verify::verify(
+                        &mut *self.model,
+                        last,
+                        &proposal.tokens,
+                        &proposal.q,
+                        &history,
+                        &mut sampler,
+                    )?;
+                    let verify_time = t1.elapsed();
+                    stats.record_step(proposal.tokens.len(), v.verdict.accepted);
+                    stats.draft_ms += (t1 - t0).as_secs_f64() * 1e3;
+                    stats.verify_ms += v.forward_time.as_secs_f64() * 1e3;
+                    stats.sampling_ms +=
+                        verify_time.saturating_sub(v.forward_time).as_secs_f64() * 1e3;
+                    let mut next = proposal.tokens[..v.verdict.accepted].to_vec();
+                    next.push(v.verdict.next);
+                    next
+                }
+                _ => {
+                    let logits = self.model.forward(&[last], LogitsSelection::Last)?;
+                    let row: Vec<f32> = logits
+                        .squeeze(0)
+                        .map_err(CoreError::from)?
+                        .to_vec1()
+                        .map_err(CoreError::from)?;
+                    vec![sampler.sample(&row, &history)]
+                }
+            };
         };
         let text = out.finish(finish, &mut on_text)?;
         let metrics =
             GenerationMetrics::from_timings(prompt.len(), prefill, &token_times, start.elapsed());
+        if let Some(s) = &spec {
+            self.stats.merge(s);
+        }
         Ok(Generation {
             text,
             tokens: out.tokens,
             finish_reason: finish,
             metrics,
+            speculation: spec,
         })
     }
 }

@@ -25,7 +25,12 @@
 mod generate;
 mod stream;
 
-pub use generate::{GenerateParams, Generation, Generator, GeneratorBuilder};
+pub use generate::{
+    check_compatible, GenerateParams, Generation, Generator, GeneratorBuilder, DEFAULT_DRAFT_LEN,
+    MAX_DRAFT_LEN,
+};
+pub use specula_draft::{DraftModel, Proposal, Proposer};
+pub use specula_verify::AcceptanceStats;
 pub use stream::TextStreamer;
 
 pub use specula_core::{
@@ -36,7 +41,7 @@ pub use specula_models::{
     ChatMessage, ChatTemplate, DeviceChoice, LlamaModel, LoadOptions, ModelError, ModelSource,
     Tokenizer,
 };
-pub use {specula_core, specula_kv, specula_models};
+pub use {specula_core, specula_draft, specula_kv, specula_models, specula_verify};
 
 /// Errors of the `specula` facade.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +52,9 @@ pub enum Error {
     /// Sampling parameters, the prompt or a forward pass failed.
     #[error(transparent)]
     Core(#[from] CoreError),
+    /// The draft model cannot speculate for this target.
+    #[error("incompatible draft model: {0}")]
+    IncompatibleDraft(String),
     /// The builder is missing something.
     #[error("generator configuration: {0}")]
     Config(String),

@@ -1,87 +1,15 @@
 //! Plain generation on synthetic models and on a scripted model: stop conditions, streaming,
 //! sampling, metrics and input errors.
 
-use candle_core::{Device, Tensor};
+mod common;
+
+use common::{synthetic_tokenizer, ScriptedLm};
 use specula::{
     CausalLm, Error, FinishReason, GenerateParams, Generator, LogitsSelection, ModelSource,
     SamplingParams, TokenId,
 };
 use specula_core::CoreError;
 use specula_models::synthetic::{SyntheticSpec, SyntheticTokenizer};
-use specula_models::Tokenizer;
-
-/// A model that always predicts the next token of a fixed script (then repeats the last one).
-struct ScriptedLm {
-    script: Vec<TokenId>,
-    vocab: usize,
-    len: usize,
-    prompt_len: usize,
-    device: Device,
-}
-
-impl ScriptedLm {
-    fn new(script: Vec<TokenId>, vocab: usize) -> Self {
-        ScriptedLm {
-            script,
-            vocab,
-            len: 0,
-            prompt_len: 0,
-            device: Device::Cpu,
-        }
-    }
-}
-
-impl CausalLm for ScriptedLm {
-    fn forward(
-        &mut self,
-        tokens: &[TokenId],
-        sel: LogitsSelection,
-    ) -> specula_core::Result<Tensor> {
-        if self.len == 0 {
-            self.prompt_len = tokens.len();
-        }
-        let range = sel.range(tokens.len());
-        let mut rows = vec![];
-        for i in range.clone() {
-            let pos = self.len + i; // position of tokens[i]
-            let gen_index = (pos + 1).saturating_sub(self.prompt_len);
-            let next = self.script[gen_index.min(self.script.len() - 1)];
-            let mut row = vec![0.0f32; self.vocab];
-            row[next as usize] = 10.0;
-            rows.extend(row);
-        }
-        self.len += tokens.len();
-        Ok(Tensor::from_vec(
-            rows,
-            (range.len(), self.vocab),
-            &self.device,
-        )?)
-    }
-    fn seq_len(&self) -> usize {
-        self.len
-    }
-    fn truncate(&mut self, len: usize) -> specula_core::Result<()> {
-        self.len = len;
-        Ok(())
-    }
-    fn reset(&mut self) {
-        self.len = 0;
-    }
-    fn vocab_size(&self) -> usize {
-        self.vocab
-    }
-    fn max_seq_len(&self) -> usize {
-        64
-    }
-    fn device(&self) -> &Device {
-        &self.device
-    }
-}
-
-fn synthetic_tokenizer() -> Tokenizer {
-    let json = SyntheticTokenizer::new().json().unwrap().to_string();
-    Tokenizer::new(tokenizers::Tokenizer::from_bytes(json.as_bytes()).unwrap())
-}
 
 fn scripted(text: &str, then_eos: bool) -> (Generator, Vec<TokenId>) {
     let tok = synthetic_tokenizer();

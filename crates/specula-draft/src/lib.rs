@@ -1,0 +1,145 @@
+//! Proposers: cheap guesses of the next tokens, checked by the target model.
+//!
+//! A [`Proposer`] sees the accepted context and proposes up to `k` tokens together with the
+//! distributions `q` they were drawn from (empty for deterministic proposers, whose `q` is
+//! one-hot). [`DraftModel`] is the draft-model runner: a small [`CausalLm`] with its own KV cache,
+//! which it rolls back to the longest prefix it shares with the new context (rejected drafts) and
+//! catches up with the tokens it has not seen (the target's correction or bonus token).
+
+use specula_core::{
+    CausalLm, CoreError, Distribution, LogitsProcessor, LogitsSelection, Result, Rng, TokenId,
+};
+
+/// Tokens proposed for verification.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Proposal {
+    /// Proposed tokens, in order.
+    pub tokens: Vec<TokenId>,
+    /// The distribution each token was sampled from; empty when the proposer is deterministic
+    /// (greedy drafting, n-gram lookup), in which case `q` is one-hot on each token.
+    pub q: Vec<Distribution>,
+}
+
+/// Something that proposes the next tokens of a sequence.
+pub trait Proposer: Send {
+    /// Proposes up to `k` tokens following `context` (the prompt and every accepted token).
+    /// `sampler` carries the request's sampling settings: with sampling, tokens are drawn from
+    /// `sampler.distribution(..)` of the proposer's logits and those distributions are returned.
+    fn propose(
+        &mut self,
+        context: &[TokenId],
+        k: usize,
+        sampler: &LogitsProcessor,
+    ) -> Result<Proposal>;
+    /// A short name for statistics.
+    fn name(&self) -> &str;
+    /// Forgets all state (called at the start of every request).
+    fn reset(&mut self);
+}
+
+/// The draft-model runner.
+pub struct DraftModel {
+    model: Box<dyn CausalLm + Send>,
+    /// Tokens whose keys and values are in the draft's cache, in order.
+    cached: Vec<TokenId>,
+    rng: Rng,
+    /// Ids at or above this are never proposed (the target has no embedding for them).
+    max_token: usize,
+}
+
+impl std::fmt::Debug for DraftModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DraftModel")
+            .field("cached", &self.cached.len())
+            .finish()
+    }
+}
+
+impl DraftModel {
+    /// Wraps a draft model; `target_vocab` is the target's vocabulary size.
+    pub fn new(model: impl CausalLm + Send + 'static, target_vocab: usize) -> Self {
+        DraftModel {
+            model: Box::new(model),
+            cached: Vec::new(),
+            rng: Rng::new(0x5EED_D4AF),
+            max_token: target_vocab,
+        }
+    }
+
+    /// Number of tokens in the draft's cache.
+    pub fn cached_len(&self) -> usize {
+        self.cached.len()
+    }
+
+    /// The wrapped model.
+    pub fn model(&self) -> &dyn CausalLm {
+        &*self.model
+    }
+}
+
+impl Proposer for DraftModel {
+    fn propose(
+        &mut self,
+        context: &[TokenId],
+        k: usize,
+        sampler: &LogitsProcessor,
+    ) -> Result<Proposal> {
+        if context.is_empty() {
+            return Err(CoreError::EmptyPrompt);
+        }
+        // Roll back to the longest prefix shared with the context, keeping at least one token
+        // to feed so that the forward yields the logits after the context.
+        let shared = self
+            .cached
+            .iter()
+            .zip(context)
+            .take_while(|(a, b)| a == b)
+            .count();
+        let keep = shared.min(context.len() - 1);
+        self.model.truncate(keep)?;
+        self.cached.truncate(keep);
+        let room = self.model.max_seq_len().saturating_sub(context.len());
+        let k = k.min(room);
+        if k == 0 {
+            return Ok(Proposal::default());
+        }
+        let feed = &context[keep..];
+        let mut logits = self.model.forward(feed, LogitsSelection::Last)?;
+        self.cached.extend_from_slice(feed);
+
+        let mut history = context.to_vec();
+        let mut out = Proposal::default();
+        let greedy = sampler.params().is_greedy();
+        for i in 0..k {
+            let row: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
+            let token = if greedy {
+                sampler.greedy_token(&row, &history)
+            } else {
+                let q = sampler.distribution(&row, &history);
+                let t = q.sample(&mut self.rng);
+                out.q.push(q);
+                t
+            };
+            if token as usize >= self.max_token {
+                out.q.truncate(out.tokens.len());
+                break;
+            }
+            out.tokens.push(token);
+            history.push(token);
+            if i + 1 < k {
+                logits = self.model.forward(&[token], LogitsSelection::Last)?;
+                self.cached.push(token);
+            }
+        }
+        Ok(out)
+    }
+
+    fn name(&self) -> &str {
+        "draft-model"
+    }
+
+    fn reset(&mut self) {
+        self.model.reset();
+        self.cached.clear();
+    }
+}

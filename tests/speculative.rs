@@ -1,0 +1,371 @@
+//! Speculative decoding is lossless: greedy output is token-identical to plain decoding, sampled
+//! output has the target's distribution, and stop conditions inside a draft end generation
+//! exactly where plain decoding would.
+
+mod common;
+
+use common::{synthetic_tokenizer, ScriptedLm, TableLm};
+use specula::{
+    CausalLm, FinishReason, GenerateParams, Generator, LlamaModel, LogitsProcessor,
+    LogitsSelection, ModelSource, Proposal, Proposer, SamplingParams, TokenId,
+};
+use specula_models::synthetic::{SyntheticSpec, SyntheticTokenizer};
+use specula_models::{load, LoadOptions};
+use std::collections::HashMap;
+
+fn model(
+    spec: &SyntheticSpec,
+    dir: &tempfile::TempDir,
+    name: &str,
+) -> (LlamaModel, specula::Tokenizer) {
+    let path = dir.path().join(name);
+    spec.write_gguf(&path).unwrap();
+    let l = load(&ModelSource::gguf(&path), &LoadOptions::default()).unwrap();
+    (l.model, l.tokenizer)
+}
+
+/// Proposes the target's runner-up token: never what the target picks (acceptance exactly 0).
+struct Contrarian(LlamaModel);
+
+impl Proposer for Contrarian {
+    fn propose(
+        &mut self,
+        context: &[TokenId],
+        k: usize,
+        sampler: &LogitsProcessor,
+    ) -> specula::specula_core::Result<Proposal> {
+        self.0.reset();
+        let logits = self
+            .0
+            .forward(context, LogitsSelection::Last)?
+            .squeeze(0)?
+            .to_vec1::<f32>()?;
+        let best = sampler.greedy_token(&logits, context);
+        let tokenizer_vocab = SyntheticTokenizer::new().tokens.len();
+        let mut second = (0, f32::NEG_INFINITY);
+        for (i, &l) in logits.iter().enumerate().take(tokenizer_vocab) {
+            if i as TokenId != best && l > second.1 {
+                second = (i as TokenId, l);
+            }
+        }
+        Ok(Proposal {
+            tokens: vec![second.0; k.min(1)],
+            q: Vec::new(),
+        })
+    }
+    fn name(&self) -> &str {
+        "contrarian"
+    }
+    fn reset(&mut self) {
+        self.0.reset()
+    }
+}
+
+fn greedy(n: usize) -> GenerateParams {
+    GenerateParams {
+        ignore_eos: true,
+        ..GenerateParams::new(n)
+    }
+}
+
+const PROMPTS: [&str; 3] = ["def hello", "the world and", "for x in self"];
+
+#[test]
+fn greedy_speculation_is_token_identical_for_every_draft_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let (target, tok) = model(&SyntheticSpec::tiny_qwen2(), &dir, "t.gguf");
+    let other = SyntheticSpec {
+        seed: 5,
+        num_layers: 1,
+        ..SyntheticSpec::tiny_qwen2()
+    };
+    let (draft, _) = model(&other, &dir, "d.gguf");
+    let mut plain = Generator::new(target.clone(), tok.clone()).unwrap();
+    let reference: Vec<_> = PROMPTS
+        .iter()
+        .map(|p| plain.generate(p, &greedy(40)).unwrap())
+        .collect();
+    for k in 1..=8 {
+        // A different (weaker) draft, a draft identical to the target.
+        for (name, d) in [
+            ("random draft", draft.clone()),
+            ("identical draft", target.clone()),
+        ] {
+            let mut g = Generator::new(target.clone(), tok.clone())
+                .unwrap()
+                .with_draft(d, k)
+                .unwrap();
+            for (p, want) in PROMPTS.iter().zip(&reference) {
+                let got = g.generate(p, &greedy(40)).unwrap();
+                assert_eq!(got.tokens, want.tokens, "{name}, k={k}, prompt {p:?}");
+                assert_eq!(got.text, want.text);
+                assert_eq!(got.finish_reason, want.finish_reason);
+                assert_eq!(got.metrics.new_tokens, 40);
+            }
+            let stats = g.stats();
+            if name == "identical draft" {
+                assert_eq!(stats.acceptance_rate(), 1.0, "k={k}: {}", stats.summary());
+            } else {
+                assert!(stats.acceptance_rate() < 1.0);
+            }
+            assert_eq!(stats.position_drafted.len(), k);
+        }
+    }
+}
+
+#[test]
+fn a_draft_that_always_disagrees_accepts_nothing_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (target, tok) = model(&SyntheticSpec::tiny_qwen2(), &dir, "t.gguf");
+    let mut plain = Generator::new(target.clone(), tok.clone()).unwrap();
+    let want = plain.generate(PROMPTS[0], &greedy(20)).unwrap();
+    let proposer = Contrarian(target.clone());
+    let mut g = Generator::new(target.clone(), tok)
+        .unwrap()
+        .with_proposer(Box::new(proposer), 1)
+        .unwrap();
+    let got = g.generate(PROMPTS[0], &greedy(20)).unwrap();
+    assert_eq!(got.tokens, want.tokens);
+    let s = got.speculation.unwrap();
+    assert_eq!(
+        (s.accepted, s.acceptance_rate()),
+        (0, 0.0),
+        "{}",
+        s.summary()
+    );
+    assert_eq!(s.mean_accepted_length(), 1.0);
+}
+
+/// A target and an identical scripted draft emitting `script` (EOS appended when `eos`).
+fn scripted_pair(text: &str, eos: bool, k: usize) -> (Generator, Generator, Vec<TokenId>) {
+    let tok = synthetic_tokenizer();
+    let mut script = tok.encode(text).unwrap();
+    let expected = script.clone();
+    if eos {
+        script.push(SyntheticTokenizer::new().eos);
+    }
+    let plain = Generator::new(ScriptedLm::new(script.clone(), 320), tok.clone()).unwrap();
+    let spec = Generator::new(ScriptedLm::new(script.clone(), 320), tok)
+        .unwrap()
+        .with_draft(ScriptedLm::new(script, 320), k)
+        .unwrap();
+    (plain, spec, expected)
+}
+
+#[test]
+fn eos_inside_a_draft_ends_generation_exactly_there() {
+    let words = [
+        "the", "and", "for", "def", "hello", "world", "return", "self", "in", "on",
+    ];
+    for len in 1..=words.len() {
+        let text = words[..len].join(" ");
+        for k in 1..=6 {
+            let (mut plain, mut spec, expected) = scripted_pair(&text, true, k);
+            let a = plain.generate("x", &GenerateParams::new(50)).unwrap();
+            let b = spec.generate("x", &GenerateParams::new(50)).unwrap();
+            assert_eq!(b.finish_reason, FinishReason::Eos, "len={len} k={k}");
+            assert_eq!(b.tokens, expected);
+            assert_eq!(
+                (&b.tokens, &b.text, b.finish_reason),
+                (&a.tokens, &a.text, a.finish_reason)
+            );
+            assert_eq!(b.metrics.new_tokens, expected.len(), "no metrics leak");
+        }
+    }
+}
+
+#[test]
+fn max_tokens_and_stop_strings_inside_a_draft() {
+    let text = "def f(x):\n    return x\n\ndef g(y):\n    return y";
+    for k in 1..=6 {
+        let (mut plain, mut spec, expected) = scripted_pair(text, false, k);
+        for n in 1..=expected.len() {
+            let b = spec.generate("x", &GenerateParams::new(n)).unwrap();
+            assert_eq!(b.tokens, expected[..n].to_vec(), "n={n} k={k}");
+            assert_eq!(b.finish_reason, FinishReason::MaxTokens);
+            // The draft is identical, so every drafted token is accepted, and drafting never runs
+            // past max_new_tokens: the first token comes from the prefill, each speculative step
+            // emits its accepted tokens plus one, and a single remaining token is decoded plainly.
+            let s = b.speculation.unwrap();
+            assert_eq!(s.drafted, s.accepted, "n={n} k={k}");
+            assert!(
+                s.accepted + s.target_steps < n,
+                "n={n} k={k}: {}",
+                s.summary()
+            );
+        }
+        for stop in ["\n\n", "return", "(y", "x\n", "g"] {
+            let p = GenerateParams::new(100).stop(stop);
+            let mut streamed = String::new();
+            let b = spec
+                .generate_stream("x", &p, |d| streamed.push_str(d))
+                .unwrap();
+            let a = plain.generate("x", &p).unwrap();
+            assert_eq!(
+                b.finish_reason,
+                FinishReason::StopString,
+                "stop {stop:?} k={k}"
+            );
+            assert_eq!(
+                (&b.tokens, &b.text),
+                (&a.tokens, &a.text),
+                "stop {stop:?} k={k}"
+            );
+            assert_eq!(streamed, b.text);
+            assert!(!b.text.contains(stop));
+        }
+    }
+}
+
+#[test]
+fn context_limit_with_speculation() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.gguf");
+    SyntheticSpec::tiny_qwen2().write_gguf(&path).unwrap();
+    let build = |draft: bool| {
+        let mut b = Generator::builder()
+            .model(ModelSource::gguf(&path))
+            .max_seq_len(20);
+        if draft {
+            b = b.draft(ModelSource::gguf(&path)).draft_len(6);
+        }
+        b.build().unwrap()
+    };
+    let (mut plain, mut spec) = (build(false), build(true));
+    let a = plain.generate("hello", &greedy(100)).unwrap();
+    let b = spec.generate("hello", &greedy(100)).unwrap();
+    assert_eq!(b.finish_reason, FinishReason::ContextFull);
+    assert_eq!(a.tokens, b.tokens);
+}
+
+#[test]
+fn incompatible_draft_is_rejected() {
+    let tok = synthetic_tokenizer();
+    let mut swapped = SyntheticTokenizer::new();
+    swapped.tokens.swap(66, 67); // 'c' <-> 'd'
+    let json = swapped.json().unwrap().to_string();
+    let other =
+        specula::Tokenizer::new(tokenizers::Tokenizer::from_bytes(json.as_bytes()).unwrap());
+    assert!(specula::check_compatible(&tok, &tok).is_ok());
+    let err = specula::check_compatible(&tok, &other).unwrap_err();
+    assert!(err.to_string().contains("differ"), "{err}");
+    let g = Generator::new(ScriptedLm::new(vec![1], 320), tok).unwrap();
+    assert!(g.with_draft(ScriptedLm::new(vec![1], 320), 0).is_err());
+}
+
+/// Exact distribution of the first two tokens of plain sampling from the table model.
+fn exact_pairs(
+    target: &TableLm,
+    params: &SamplingParams,
+    prompt: &[TokenId],
+) -> HashMap<(TokenId, TokenId), f64> {
+    let proc = LogitsProcessor::new(params.clone()).unwrap();
+    let mut out = HashMap::new();
+    let d1 = proc.distribution(&target.row(*prompt.last().unwrap()), prompt);
+    for (a, &pa) in d1.probs().iter().enumerate() {
+        if pa == 0.0 {
+            continue;
+        }
+        let mut h = prompt.to_vec();
+        h.push(a as TokenId);
+        let d2 = proc.distribution(&target.row(a as TokenId), &h);
+        for (b, &pb) in d2.probs().iter().enumerate() {
+            if pb > 0.0 {
+                out.insert((a as TokenId, b as TokenId), pa as f64 * pb as f64);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn sampling_speculation_preserves_the_target_distribution() {
+    // 6 live tokens; the draft disagrees with the target in structured ways: mass where the
+    // target has none (q > 0, p = 0), none where the target has some (q = 0, p > 0), and an
+    // identical row (p = q).
+    let t = vec![
+        vec![1.0, 0.5, 0.0, -1.0, 0.3, 2.0],
+        vec![0.2, 1.5, 0.9, 0.1, -0.5, 0.0],
+        vec![2.0, 2.0, 0.0, 1.0, 0.5, -2.0],
+        vec![0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+        vec![-1.0, 3.0, 0.5, 0.5, 1.0, 0.2],
+        vec![0.7, 0.1, 1.9, -0.3, 0.0, 1.1],
+    ];
+    let ninf = f32::NEG_INFINITY;
+    let dr = vec![
+        vec![3.0, ninf, 0.0, 2.0, 0.3, 0.0],
+        t[1].clone(),
+        vec![ninf, ninf, ninf, ninf, ninf, 0.0],
+        vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0],
+        vec![1.0, 0.0, 0.5, 0.5, 1.0, 0.2],
+        vec![0.7, 0.1, 1.9, -0.3, 0.0, 1.1],
+    ];
+    let configs = [
+        SamplingParams {
+            temperature: 1.0,
+            ..Default::default()
+        },
+        SamplingParams {
+            temperature: 0.6,
+            top_k: 3,
+            ..Default::default()
+        },
+        SamplingParams {
+            temperature: 1.3,
+            top_p: 0.8,
+            ..Default::default()
+        },
+        SamplingParams {
+            temperature: 0.9,
+            min_p: 0.2,
+            repetition_penalty: 1.3,
+            ..Default::default()
+        },
+    ];
+    let tok = synthetic_tokenizer();
+    let prompt = [2 as TokenId];
+    let n = 40_000;
+    for (ci, params) in configs.iter().enumerate() {
+        let exact = exact_pairs(&TableLm::new(t.clone(), 320), params, &prompt);
+        for k in [1usize, 3] {
+            let mut g = Generator::new(TableLm::new(t.clone(), 320), tok.clone())
+                .unwrap()
+                .with_draft(TableLm::new(dr.clone(), 320), k)
+                .unwrap();
+            let mut counts: HashMap<(TokenId, TokenId), usize> = HashMap::new();
+            for seed in 0..n {
+                // Token 1 comes from the prefill, token 2 from a speculative step.
+                let p = GenerateParams {
+                    ignore_eos: true,
+                    ..GenerateParams::new(3)
+                }
+                .sampling(SamplingParams {
+                    seed: seed as u64,
+                    ..params.clone()
+                });
+                let out = g.generate_from_ids(&prompt, &p, |_| {}).unwrap();
+                *counts.entry((out.tokens[0], out.tokens[1])).or_default() += 1;
+            }
+            let mut keys: Vec<_> = exact.keys().chain(counts.keys()).copied().collect();
+            keys.sort();
+            keys.dedup();
+            let tv: f64 = keys
+                .iter()
+                .map(|key| {
+                    let e = exact.get(key).copied().unwrap_or(0.0);
+                    let o = counts.get(key).copied().unwrap_or(0) as f64 / n as f64;
+                    (e - o).abs()
+                })
+                .sum::<f64>()
+                / 2.0;
+            // Sampling noise of the TV estimate here is about 0.01; a 2% bias in any token's
+            // probability would push it past the bound.
+            assert!(tv < 0.02, "config {ci}, k={k}: total variation {tv:.4}");
+            assert!(
+                counts.keys().all(|key| exact.contains_key(key)),
+                "config {ci}: impossible pair sampled"
+            );
+            assert!(g.stats().acceptance_rate() > 0.0 && g.stats().acceptance_rate() < 1.0);
+        }
+    }
+}
