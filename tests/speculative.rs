@@ -369,3 +369,66 @@ fn sampling_speculation_preserves_the_target_distribution() {
         }
     }
 }
+
+mod rollback {
+    use super::*;
+    use proptest::prelude::*;
+    use specula::DraftModel;
+
+    fn last_logits(m: &mut LlamaModel, history: &[TokenId]) -> Vec<f32> {
+        // Logits after `history` given a cache that holds `history[..len-1]`, restoring the cache.
+        let n = m.seq_len();
+        let row = m
+            .forward(&history[history.len() - 1..], LogitsSelection::Last)
+            .unwrap();
+        m.truncate(n).unwrap();
+        row.squeeze(0).unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+        /// Random acceptance patterns (a correct draft corrupted at a random position) leave the
+        /// target's cache equal to a fresh recompute of the accepted sequence, and the draft's
+        /// rolled-back cache proposing exactly what a fresh draft would.
+        #[test]
+        fn caches_stay_consistent(steps in proptest::collection::vec((1usize..7, 0usize..8, 0u32..280), 1..10)) {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut target, tok) = model(&SyntheticSpec::tiny_qwen2(), &dir, "t.gguf");
+            let (draft_model, _) = model(&SyntheticSpec { seed: 9, ..SyntheticSpec::tiny_qwen2() }, &dir, "d.gguf");
+            let vocab = target.vocab_size();
+            let mut oracle = DraftModel::new(target.clone(), vocab);
+            let mut draft = DraftModel::new(draft_model.clone(), vocab);
+            let mut sampler = LogitsProcessor::new(SamplingParams::greedy()).unwrap();
+            let mut history = tok.encode("def hello world").unwrap();
+            target.forward(&history[..history.len() - 1], LogitsSelection::Last).unwrap();
+            for (k, cut, junk) in steps {
+                // The target's own continuation, corrupted at position `cut` (if < k).
+                let mut proposal = oracle.propose(&history, k, &sampler).unwrap().tokens;
+                let corrupted = cut < proposal.len() && proposal[cut] != junk;
+                if corrupted {
+                    proposal[cut] = junk;
+                }
+                let last = history[history.len() - 1];
+                let v = specula_verify::verify(&mut target, last, &proposal, &[], &history, &mut sampler).unwrap().verdict;
+                let expected = if corrupted { cut } else { proposal.len() };
+                prop_assert_eq!(v.accepted, expected, "accepts exactly the uncorrupted prefix");
+                history.extend_from_slice(&proposal[..v.accepted]);
+                history.push(v.next);
+                prop_assert_eq!(target.seq_len(), history.len() - 1);
+                // Target cache == fresh recompute.
+                let mut fresh = target.clone();
+                fresh.reset();
+                fresh.forward(&history[..history.len() - 1], LogitsSelection::Last).unwrap();
+                let (a, b) = (last_logits(&mut target, &history), last_logits(&mut fresh, &history));
+                let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+                prop_assert!(diff < 1e-3, "target cache diverged by {}", diff);
+                // The rolled-back draft proposes exactly what a fresh draft proposes.
+                let mut fresh_draft = DraftModel::new(draft_model.clone(), vocab);
+                let got = draft.propose(&history, k, &sampler).unwrap().tokens;
+                let want = fresh_draft.propose(&history, k, &sampler).unwrap().tokens;
+                prop_assert_eq!(got, want);
+                prop_assert!(draft.cached_len() < history.len() + k);
+            }
+        }
+    }
+}
