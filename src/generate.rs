@@ -277,15 +277,8 @@ impl Generator {
 
     /// Speculates with `proposer`, drafting up to `k` tokens per step (1..=[`MAX_DRAFT_LEN`]).
     pub fn with_proposer(mut self, proposer: Box<dyn Proposer>, k: usize) -> Result<Self> {
-        if k == 0 || k > MAX_DRAFT_LEN {
-            return Err(CoreError::invalid(
-                "draft_len",
-                format!("{k} is outside 1..={MAX_DRAFT_LEN}"),
-            )
-            .into());
-        }
+        self.set_draft_len(k)?;
         self.proposer = Some(proposer);
-        self.draft_len = k;
         self.stats = AcceptanceStats::new(k);
         Ok(self)
     }
