@@ -235,20 +235,19 @@ impl LogitsProcessor {
             0 => 0,
             n => history.len().saturating_sub(n),
         };
-        let mut seen = vec![false; logits.len()];
-        for &t in &history[start..] {
-            let Some(slot) = seen.get_mut(t as usize) else {
-                continue;
-            };
-            if std::mem::replace(slot, true) {
-                continue;
+        // Each distinct token in the window is penalised once; dedup the (short) window rather
+        // than allocating a vocabulary-sized mask on every token.
+        let mut window = history[start..].to_vec();
+        window.sort_unstable();
+        window.dedup();
+        for t in window {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l = if *l >= 0.0 {
+                    *l / penalty
+                } else {
+                    *l * penalty
+                };
             }
-            let l = &mut logits[t as usize];
-            *l = if *l >= 0.0 {
-                *l / penalty
-            } else {
-                *l * penalty
-            };
         }
     }
 
