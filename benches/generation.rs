@@ -1,94 +1,229 @@
-//! Criterion benchmarks of plain generation: time to first token and per-token decode latency.
+//! Criterion benchmarks: time to first token (TTFT) and inter-token latency (ITL), plain vs
+//! speculative decoding, and the verification cost curve (one forward of n = 1..9 tokens).
 //!
-//! `cargo bench --bench generation` runs them on a synthetic model (seconds) and, when the real
-//! models have been fetched (`scripts/fetch-models.sh`), on Qwen2.5-Coder 0.5B and 1.5B. A missing
-//! real model is reported with the command that fetches it, never downloaded silently.
+//! ```text
+//! cargo bench --bench generation                 # everything (real models: tens of minutes)
+//! cargo bench --bench generation -- synthetic    # the synthetic variant only (seconds)
+//! cargo bench --bench generation -- forward-n    # only the verification cost curves
+//! ```
+//!
+//! Groups:
+//! - `synthetic/<prompt>/<mode>/{ttft,itl}` and `synthetic-forward-n/n=..`: a tiny random-weight
+//!   Qwen2-shaped model written to a temp dir (the draft is the same model: acceptance 1, the
+//!   upper bound of what speculation can gain).
+//! - `qwen/<short|long>/<plain|k2|k4|k6>/{ttft,itl}`: the real Qwen2.5-Coder 1.5B target with the
+//!   0.5B draft, on a short code prompt and a ~500-token prompt.
+//! - `qwen-1.5b-forward-n/n=..`, `qwen-0.5b-forward-n/n=..`: one forward of n tokens after a
+//!   256-token context, the cost that decides whether speculation can pay.
+//!
+//! `itl` is the mean inter-token latency of a 33-token greedy generation (EOS ignored): its decode
+//! time over the 32 tokens after the first. Real models are never downloaded: when they are
+//! missing the bench says which command fetches them. Kernel threads are pinned to 2
+//! (`SPECULA_BENCH_THREADS` overrides).
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use specula::{CausalLm, GenerateParams, Generator, LogitsSelection, ModelSource};
+use specula::{CausalLm, GenerateParams, Generator, LogitsSelection, ModelSource, TokenId};
 use specula_models::synthetic::SyntheticSpec;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-fn bench_generator(c: &mut Criterion, name: &str, mut g: Generator) {
-    let prompt = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n";
-    let ids = g.tokenizer().encode(prompt).unwrap_or_default();
-    let one = GenerateParams {
+const SHORT_PROMPT: &str = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n";
+
+/// A ~500-token prompt: a realistic source file to continue.
+fn long_prompt() -> String {
+    let mut s = String::from("import heapq\nfrom dataclasses import dataclass, field\n\n");
+    for i in 0..12 {
+        s.push_str(&format!(
+            "\n@dataclass(order=True)\nclass Task{i}:\n    priority: int\n    name: str = \
+             field(compare=False)\n\n    def run(self, ctx):\n        ctx.log(\"running\", \
+             self.name)\n        return self.priority * {i}\n"
+        ));
+    }
+    s.push_str("\n\nclass Scheduler:\n    \"\"\"Runs tasks in priority order.\"\"\"\n\n    def __init__(self):\n");
+    s
+}
+
+fn threads() {
+    let n = std::env::var("SPECULA_BENCH_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    specula::set_num_threads(n);
+}
+
+fn greedy(n: usize) -> GenerateParams {
+    GenerateParams {
         ignore_eos: true,
-        ..GenerateParams::new(1)
+        ..GenerateParams::new(n)
+    }
+}
+
+/// TTFT and ITL of `g` on `prompt` under `group/<mode>`.
+fn bench_latency(c: &mut Criterion, group: &str, mode: &str, g: &mut Generator, prompt: &str) {
+    let ids = match g.tokenizer().encode(prompt) {
+        Ok(ids) => ids,
+        Err(e) => {
+            eprintln!("skipping {group}/{mode}: {e}");
+            return;
+        }
     };
-    let _ = g.generate(prompt, &one); // warm-up (weight repacking)
-    let mut group = c.benchmark_group(name);
-    group
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(8));
-    group.bench_function("ttft", |b| {
-        b.iter(|| g.generate_from_ids(&ids, &one, |_| {}))
+    let _ = g.generate_from_ids(&ids, &greedy(2), |_| {}); // warm-up (weight repacking)
+    let mut grp = c.benchmark_group(format!("{group}/{mode}"));
+    grp.sample_size(10).measurement_time(Duration::from_secs(5));
+    grp.bench_function("ttft", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                if let Ok(out) = g.generate_from_ids(&ids, &greedy(1), |_| {}) {
+                    total += Duration::from_secs_f64(out.metrics.ttft_ms / 1e3);
+                }
+            }
+            total
+        })
     });
-    group.bench_function("decode_16_tokens", |b| {
-        let p = GenerateParams {
-            ignore_eos: true,
-            ..GenerateParams::new(17)
-        };
-        b.iter(|| g.generate_from_ids(&ids, &p, |_| {}))
+    grp.bench_function("itl", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                if let Ok(out) = g.generate_from_ids(&ids, &greedy(33), |_| {}) {
+                    let n = out.metrics.new_tokens.saturating_sub(1).max(1);
+                    total += Duration::from_secs_f64(out.metrics.decode_ms / 1e3 / n as f64);
+                }
+            }
+            total
+        })
     });
-    group.finish();
+    grp.finish();
+}
+
+/// One forward of n = 1..9 tokens after a `context`-token prefix.
+fn bench_forward_n(c: &mut Criterion, name: &str, m: &mut dyn CausalLm, context: usize) {
+    let prefix: Vec<TokenId> = (0..context as TokenId).map(|i| 100 + i % 1000).collect();
+    if let Err(e) = m.forward(&prefix, LogitsSelection::Last) {
+        eprintln!("skipping {name}: {e}");
+        return;
+    }
+    let mut grp = c.benchmark_group(name);
+    grp.sample_size(10).measurement_time(Duration::from_secs(3));
+    for n in 1..=9usize {
+        let toks: Vec<TokenId> = (0..n as TokenId).map(|i| 200 + i).collect();
+        grp.bench_function(format!("n={n}"), |b| {
+            b.iter(|| {
+                let _ = m.truncate(context);
+                m.forward(&toks, LogitsSelection::All)
+            })
+        });
+    }
+    grp.finish();
 }
 
 fn synthetic(c: &mut Criterion) {
-    specula::set_num_threads(2);
+    threads();
     let dir = std::env::temp_dir().join(format!("specula-bench-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);
     let path = dir.join("tiny.gguf");
-    if SyntheticSpec::tiny_qwen2().write_gguf(&path).is_err() {
-        eprintln!("cannot write the synthetic model to {}", dir.display());
+    if let Err(e) = SyntheticSpec::tiny_qwen2().write_gguf(&path) {
+        eprintln!("cannot write the synthetic model to {}: {e}", dir.display());
         return;
     }
-    if let Ok(g) = Generator::builder().model(ModelSource::gguf(&path)).build() {
-        bench_generator(c, "synthetic-qwen2", g);
+    let src = ModelSource::gguf(&path);
+    if let Ok(mut g) = Generator::builder().model(src.clone()).build() {
+        bench_latency(c, "synthetic/short", "plain", &mut g, SHORT_PROMPT);
     }
-    // The cost of one forward of n tokens (verification cost for speculation).
-    if let Ok(loaded) = specula_models::load(&ModelSource::gguf(&path), &Default::default()) {
-        let mut m = loaded.model;
-        let mut group = c.benchmark_group("synthetic-forward-n");
-        for n in [1usize, 2, 5, 9] {
-            let toks: Vec<u32> = (0..n as u32).map(|i| 10 + i).collect();
-            group.bench_function(format!("n={n}"), |b| {
-                b.iter(|| {
-                    m.reset();
-                    let _ = m.forward(&[1, 2, 3, 4], LogitsSelection::Last);
-                    m.forward(&toks, LogitsSelection::All)
-                })
-            });
+    if let Ok(mut g) = Generator::builder()
+        .model(src.clone())
+        .draft(src.clone())
+        .build()
+    {
+        for k in [2, 4, 6] {
+            if g.set_draft_len(k).is_ok() {
+                bench_latency(c, "synthetic/short", &format!("k{k}"), &mut g, SHORT_PROMPT);
+            }
         }
-        group.finish();
+    }
+    if let Ok(loaded) = specula_models::load(&src, &Default::default()) {
+        let mut m = loaded.model;
+        bench_forward_n(c, "synthetic-forward-n", &mut m, 32);
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+fn real_model(file: &str) -> Option<PathBuf> {
+    let path = specula_models::models_dir().join(file);
+    if path.exists() {
+        Some(path)
+    } else {
+        eprintln!(
+            "skipping real-model benches: {} not found; run scripts/fetch-models.sh",
+            path.display()
+        );
+        None
+    }
+}
+
 fn real(c: &mut Criterion) {
-    for (name, file) in [
-        (
-            "qwen2.5-coder-0.5b",
-            "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
-        ),
-        (
-            "qwen2.5-coder-1.5b",
-            "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
-        ),
+    threads();
+    let (Some(target), Some(draft)) = (
+        real_model("qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"),
+        real_model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"),
+    ) else {
+        return;
+    };
+    for (name, path) in [
+        ("qwen-1.5b-forward-n", &target),
+        ("qwen-0.5b-forward-n", &draft),
     ] {
-        let path = specula_models::models_dir().join(file);
-        if !path.exists() {
-            eprintln!(
-                "skipping {name}: {} not found; run scripts/fetch-models.sh",
-                path.display()
-            );
+        if !c_wants(name) {
             continue;
         }
-        match Generator::builder().model(ModelSource::gguf(&path)).build() {
-            Ok(g) => bench_generator(c, name, g),
+        match specula_models::load(&ModelSource::gguf(path), &Default::default()) {
+            Ok(mut l) => bench_forward_n(c, name, &mut l.model, 256),
             Err(e) => eprintln!("skipping {name}: {e}"),
         }
     }
+    if !c_wants("qwen/") {
+        return;
+    }
+    let long = long_prompt();
+    let prompts = [("qwen/short", SHORT_PROMPT), ("qwen/long", long.as_str())];
+    if let Ok(mut g) = build(&target, None) {
+        for (group, p) in prompts {
+            bench_latency(c, group, "plain", &mut g, p);
+        }
+    }
+    if let Ok(mut g) = build(&target, Some(&draft)) {
+        for k in [2, 4, 6] {
+            for (group, p) in prompts {
+                if g.set_draft_len(k).is_ok() {
+                    bench_latency(c, group, &format!("k{k}"), &mut g, p);
+                }
+            }
+        }
+    }
+}
+
+/// Whether the command-line filter can match benchmarks starting with `prefix` (so that a
+/// filtered run does not load models it will not use).
+fn c_wants(prefix: &str) -> bool {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    filters.is_empty()
+        || filters
+            .iter()
+            .any(|f| prefix.contains(f.as_str()) || f.starts_with(prefix))
+}
+
+fn build(target: &Path, draft: Option<&Path>) -> Result<Generator, specula::Error> {
+    let mut b = Generator::builder().model(ModelSource::gguf(target));
+    if let Some(d) = draft {
+        b = b.draft(ModelSource::gguf(d));
+    }
+    b.build().map_err(|e| {
+        eprintln!("cannot load {}: {e}", target.display());
+        e
+    })
 }
 
 criterion_group!(benches, synthetic, real);

@@ -88,6 +88,11 @@ pub struct Generation {
     pub metrics: GenerationMetrics,
     /// Speculation statistics (`None` for plain decoding).
     pub speculation: Option<AcceptanceStats>,
+    /// Tokens emitted by each target forward, in order (the prefill's first token included; a
+    /// forward whose first token was EOS is not listed). All 1 without speculation; with it,
+    /// accepted draft tokens + 1, except where a stop or `max_new_tokens` cut the step short.
+    /// This is Spec-Bench's `accept_lengths`; its length is Spec-Bench's `decoding_steps`.
+    pub step_tokens: Vec<usize>,
 }
 
 /// Loads a model and its tokenizer into a [`Generator`].
@@ -406,11 +411,18 @@ impl Generator {
             .to_vec1()
             .map_err(CoreError::from)?;
         let mut batch = vec![sampler.sample(&row, &history)];
+        let mut step_tokens: Vec<usize> = Vec::new();
         let finish = 'outer: loop {
             // Emit the tokens of the last step in order; anything after a stop is discarded.
-            for &token in &batch {
+            for (i, &token) in batch.iter().enumerate() {
                 if eos.contains(&token) {
                     break 'outer FinishReason::Eos;
+                }
+                if i == 0 {
+                    step_tokens.push(0);
+                }
+                if let Some(n) = step_tokens.last_mut() {
+                    *n += 1;
                 }
                 token_times.push(start.elapsed());
                 history.push(token);
@@ -476,6 +488,7 @@ impl Generator {
             finish_reason: finish,
             metrics,
             speculation: spec,
+            step_tokens,
         })
     }
 }

@@ -35,7 +35,7 @@ pub use stream::TextStreamer;
 
 pub use specula_core::{
     CausalLm, CoreError, Distribution, FinishReason, GenerationMetrics, LatencyStats,
-    LogitsProcessor, LogitsSelection, SamplingParams, StopCriteria, TokenId,
+    LogitsProcessor, LogitsSelection, SamplingParams, StopStringMatcher, TokenId,
 };
 pub use specula_models::{
     ChatMessage, ChatTemplate, DeviceChoice, LlamaModel, LoadOptions, ModelError, ModelSource,

@@ -5,7 +5,10 @@
 //! A missing model fails the test with the command to run. Set `SPECULA_SKIP_REAL_MODELS=1` to
 //! skip these tests explicitly (CI never does).
 
-use specula::{ChatMessage, FinishReason, GenerateParams, Generator, ModelSource, SamplingParams};
+use specula::{
+    ChatMessage, Distribution, FinishReason, GenerateParams, Generator, LlamaModel,
+    LogitsProcessor, ModelSource, SamplingParams, TokenId,
+};
 use specula_core::{CausalLm, LogitsSelection};
 use specula_models::{load, models_dir, GgufFile, LoadOptions, Tokenizer};
 use std::path::PathBuf;
@@ -273,10 +276,245 @@ fn smollm2_loads_and_generates() {
     assert!(out.text.contains('4'), "{:?}", out.text);
 }
 
+/// Spec-Bench first turns for the real-pair tests: the shortest `n` questions of each category
+/// (deterministic), with the category name.
+fn spec_bench_prompts(per_category: &[(&str, usize)]) -> Vec<(String, String)> {
+    let path = shared_dir().join("data/spec_bench/question.jsonl");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (set SPECULA_SHARED_DIR)", path.display()));
+    let questions: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut out = Vec::new();
+    for &(category, n) in per_category {
+        let mut qs: Vec<&str> = questions
+            .iter()
+            .filter(|q| q["category"] == category)
+            .map(|q| q["turns"][0].as_str().unwrap())
+            .collect();
+        assert!(qs.len() >= n, "Spec-Bench has too few {category} questions");
+        qs.sort_by_key(|q| (q.len(), *q));
+        out.extend(
+            qs[..n]
+                .iter()
+                .map(|q| (category.to_string(), q.to_string())),
+        );
+    }
+    out
+}
+
 /// Greedy speculative decoding with the real 0.5B draft is token-identical to plain decoding of
-/// the 1.5B target, on code prompts and Spec-Bench prompts (chat template applied).
+/// the 1.5B target: 20 Spec-Bench questions (every category, chat template applied) and 4 code
+/// completions, 128 new tokens each, cycling the draft length through k = 1..8.
 #[test]
 fn real_pair_greedy_speculation_equals_plain() {
+    let (Some(target), Some(draft)) = (real_model(QWEN_15B), real_model(QWEN_05B)) else {
+        return;
+    };
+    let mut plain = Generator::builder()
+        .model(ModelSource::gguf(&target))
+        .build()
+        .unwrap();
+    let mut spec = Generator::builder()
+        .model(ModelSource::gguf(&target))
+        .draft(ModelSource::gguf(&draft))
+        .build()
+        .unwrap();
+    let mut prompts: Vec<(String, String)> = spec_bench_prompts(&[
+        ("writing", 1),
+        ("roleplay", 1),
+        ("reasoning", 1),
+        ("math", 1),
+        ("coding", 1),
+        ("extraction", 1),
+        ("stem", 1),
+        ("humanities", 1),
+        ("translation", 2),
+        ("summarization", 2),
+        ("qa", 4),
+        ("math_reasoning", 3),
+        ("rag", 1),
+    ])
+    .into_iter()
+    .map(|(c, q)| {
+        let p = plain
+            .tokenizer()
+            .apply_chat_template(&[ChatMessage::user(q)])
+            .unwrap();
+        (c, p)
+    })
+    .collect();
+    assert_eq!(prompts.len(), 20);
+    for code in [
+        "def is_prime(n: int) -> bool:\n",
+        "# Merge two sorted lists into one sorted list\ndef merge(a, b):\n",
+        "/// Returns the n-th Fibonacci number.\nfn fib(n: u64) -> u64 {\n",
+        "class Stack:\n    \"\"\"A LIFO stack backed by a list.\"\"\"\n\n    def __init__(self):\n",
+    ] {
+        prompts.push(("code".to_string(), code.to_string()));
+    }
+    let params = GenerateParams::new(128);
+    let mut failures = Vec::new();
+    for (i, (category, p)) in prompts.iter().enumerate() {
+        let k = 1 + i % 8;
+        spec.set_draft_len(k).unwrap();
+        let a = plain.generate(p, &params).unwrap();
+        let b = spec.generate(p, &params).unwrap();
+        let s = b.speculation.as_ref().unwrap();
+        eprintln!(
+            "{category:<15} k={k} tokens={:>3} acceptance={:.2} mean_len={:.2}",
+            b.tokens.len(),
+            s.acceptance_rate(),
+            s.mean_accepted_length()
+        );
+        if a.tokens != b.tokens || a.finish_reason != b.finish_reason || a.text != b.text {
+            let at = a
+                .tokens
+                .iter()
+                .zip(&b.tokens)
+                .take_while(|(x, y)| x == y)
+                .count();
+            failures.push(format!("{category} k={k}: differs at token {at}: {p:?}"));
+        }
+        assert_eq!(b.step_tokens.iter().sum::<usize>(), b.tokens.len());
+    }
+    let stats = spec.stats();
+    eprintln!("real pair, k = 1..8: {}", stats.summary());
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(stats.accepted > 0, "{}", stats.summary());
+}
+
+/// Restricts `p` and `q` to the tokens either gives mass to (same mathematics, far cheaper to
+/// sample from than the 151,936-entry vocabulary); returns the compact pair and the token ids.
+fn compact(p: &Distribution, q: &Distribution) -> (Distribution, Distribution, Vec<TokenId>) {
+    let ids: Vec<TokenId> = (0..p.probs().len() as TokenId)
+        .filter(|&t| p.prob(t) > 0.0 || q.prob(t) > 0.0)
+        .collect();
+    let pick = |d: &Distribution| {
+        Distribution::from_probs(ids.iter().map(|&t| d.prob(t)).collect()).unwrap()
+    };
+    (pick(p), pick(q), ids)
+}
+
+/// Sampling losslessness on the real pair: with the real 1.5B target distribution `p` and the real
+/// 0.5B draft distribution `q` (both after the same temperature / top-k / top-p / min-p /
+/// repetition-penalty processing), the token that modified rejection sampling emits is
+/// distributed as `p`, never as `q`, and the acceptance rate is sum(min(p, q)).
+#[test]
+fn real_pair_sampling_acceptance_preserves_target_distribution() {
+    let (Some(target), Some(draft)) = (real_model(QWEN_15B), real_model(QWEN_05B)) else {
+        return;
+    };
+    let mut t = load(&ModelSource::gguf(&target), &LoadOptions::default()).unwrap();
+    let mut d = load(&ModelSource::gguf(&draft), &LoadOptions::default()).unwrap();
+    let question = &spec_bench_prompts(&[("writing", 1)])[0].1;
+    let prompts = [
+        "def quicksort(arr):\n".to_string(),
+        t.tokenizer
+            .apply_chat_template(&[ChatMessage::user(question)])
+            .unwrap(),
+    ];
+    let settings = [
+        SamplingParams {
+            temperature: 0.7,
+            top_p: 0.9,
+            ..Default::default()
+        },
+        SamplingParams {
+            temperature: 1.0,
+            top_k: 40,
+            ..Default::default()
+        },
+        SamplingParams {
+            temperature: 1.3,
+            min_p: 0.05,
+            repetition_penalty: 1.2,
+            ..Default::default()
+        },
+    ];
+    const N: usize = 40_000;
+    let mut max_power = 0.0f64;
+    for prompt in &prompts {
+        let history = t.tokenizer.encode(prompt).unwrap();
+        let row = |m: &mut LlamaModel| {
+            m.reset();
+            m.forward(&history, LogitsSelection::Last)
+                .unwrap()
+                .squeeze(0)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        let (pl, ql) = (row(&mut t.model), row(&mut d.model));
+        for (si, params) in settings.iter().enumerate() {
+            let proc = LogitsProcessor::new(params.clone()).unwrap();
+            let (p, q, ids) = compact(
+                &proc.distribution(&pl, &history),
+                &proc.distribution(&ql, &history),
+            );
+            let mut rng = specula_core::Rng::new(1234 + si as u64);
+            let mut counts = vec![0usize; ids.len()];
+            let mut accepted = 0usize;
+            for _ in 0..N {
+                let x = q.sample(&mut rng);
+                let v = specula_verify::accept_sampling(
+                    &[p.clone(), p.clone()],
+                    std::slice::from_ref(&q),
+                    &[x],
+                    &mut rng,
+                );
+                let emitted = if v.accepted == 1 { x } else { v.next };
+                accepted += v.accepted;
+                counts[emitted as usize] += 1;
+            }
+            let tv = |d: &Distribution| {
+                0.5 * counts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &c)| (c as f64 / N as f64 - d.prob(i as TokenId) as f64).abs())
+                    .sum::<f64>()
+            };
+            let expected_rate: f64 = (0..ids.len() as TokenId)
+                .map(|i| p.prob(i).min(q.prob(i)) as f64)
+                .sum();
+            // Sampling noise of the empirical TV is about 0.5 * sum(sqrt(2 p / (pi N))).
+            let noise: f64 = 0.5
+                * p.probs()
+                    .iter()
+                    .map(|&x| (2.0 * x as f64 / (std::f64::consts::PI * N as f64)).sqrt())
+                    .sum::<f64>();
+            let (tv_p, tv_q) = (tv(&p), tv(&q));
+            eprintln!(
+                "setting {si}: support {} TV(emitted, p) = {tv_p:.4} (noise {noise:.4}), \
+                 TV(emitted, q) = {tv_q:.4}, acceptance {:.4} (expected {expected_rate:.4})",
+                ids.len(),
+                accepted as f64 / N as f64
+            );
+            assert!(
+                tv_p < noise + 0.02,
+                "emitted tokens are not distributed as p"
+            );
+            assert!(
+                (accepted as f64 / N as f64 - expected_rate).abs() < 0.015,
+                "acceptance rate is not sum(min(p, q))"
+            );
+            if tv_q > tv_p + 0.02 {
+                max_power = max_power.max(tv_q);
+            }
+        }
+    }
+    // The test has power: somewhere the draft's distribution is measurably not the target's.
+    assert!(
+        max_power > 0.05,
+        "draft and target never differed enough to test"
+    );
+}
+
+/// End to end on the real pair under sampling: `top_k = 1` makes the sampled output the greedy
+/// one (the sampling settings reach the acceptance test), and a fixed seed reproduces a run.
+#[test]
+fn real_pair_sampling_end_to_end() {
     let (Some(target), Some(draft)) = (real_model(QWEN_15B), real_model(QWEN_05B)) else {
         return;
     };
@@ -290,34 +528,30 @@ fn real_pair_greedy_speculation_equals_plain() {
         .draft_len(4)
         .build()
         .unwrap();
-    let mut prompts = vec![
-        "def is_prime(n: int) -> bool:\n".to_string(),
-        "# Merge two sorted lists into one sorted list\ndef merge(a, b):\n".to_string(),
-    ];
-    let bench =
-        std::fs::read_to_string(shared_dir().join("data/spec_bench/question.jsonl")).unwrap();
-    for line in bench.lines().step_by(120).take(2) {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let q = v["turns"][0].as_str().unwrap();
-        prompts.push(
-            plain
-                .tokenizer()
-                .apply_chat_template(&[ChatMessage::user(q)])
-                .unwrap(),
-        );
-    }
-    let params = GenerateParams::new(48);
-    for p in &prompts {
-        let a = plain.generate(p, &params).unwrap();
-        let b = spec.generate(p, &params).unwrap();
-        assert_eq!(a.tokens, b.tokens, "speculative output differs on {p:?}");
-        assert_eq!(a.finish_reason, b.finish_reason);
-    }
-    let stats = spec.stats();
-    eprintln!("real pair, k=4: {}", stats.summary());
-    assert!(
-        stats.target_steps > 0 && stats.accepted > 0,
-        "{}",
-        stats.summary()
+    let prompt = "def binary_search(items, x):\n";
+    let greedy = plain.generate(prompt, &GenerateParams::new(32)).unwrap();
+    let top1 = GenerateParams::new(32).sampling(SamplingParams {
+        temperature: 1.5,
+        top_k: 1,
+        seed: 9,
+        ..Default::default()
+    });
+    let s = spec.generate(prompt, &top1).unwrap();
+    assert_eq!(
+        s.tokens, greedy.tokens,
+        "top_k = 1 sampling must equal greedy"
     );
+    let hot = GenerateParams::new(32).sampling(SamplingParams {
+        temperature: 0.8,
+        top_p: 0.95,
+        seed: 21,
+        ..Default::default()
+    });
+    let a = spec.generate(prompt, &hot).unwrap();
+    let b = spec.generate(prompt, &hot).unwrap();
+    assert_eq!(a.tokens, b.tokens, "same seed, same speculative sample");
+    let stats = a.speculation.unwrap();
+    eprintln!("sampled: {:?}\n{}", a.text, stats.summary());
+    assert!(stats.accepted > 0, "{}", stats.summary());
+    assert_eq!(a.step_tokens.iter().sum::<usize>(), a.tokens.len());
 }

@@ -85,6 +85,13 @@ fn greedy_speculation_is_token_identical_for_every_draft_length() {
         .iter()
         .map(|p| plain.generate(p, &greedy(40)).unwrap())
         .collect();
+    for r in &reference {
+        assert_eq!(
+            r.step_tokens,
+            vec![1; 40],
+            "plain decoding emits one token per forward"
+        );
+    }
     for k in 1..=8 {
         // A different (weaker) draft, a draft identical to the target.
         for (name, d) in [
@@ -101,6 +108,17 @@ fn greedy_speculation_is_token_identical_for_every_draft_length() {
                 assert_eq!(got.text, want.text);
                 assert_eq!(got.finish_reason, want.finish_reason);
                 assert_eq!(got.metrics.new_tokens, 40);
+                assert_eq!(got.step_tokens.iter().sum::<usize>(), 40);
+                assert!(got.step_tokens.iter().all(|&n| (1..=k + 1).contains(&n)));
+                if name == "identical draft" {
+                    // Every step but the first (prefill) and the last (cut by max tokens) is full.
+                    let full = &got.step_tokens[1..got.step_tokens.len() - 1];
+                    assert!(
+                        full.iter().all(|&n| n == k + 1),
+                        "k={k}: {:?}",
+                        got.step_tokens
+                    );
+                }
             }
             let stats = g.stats();
             if name == "identical draft" {

@@ -2,7 +2,7 @@
 //!
 //! Every other crate speaks in these types: [`TokenId`], [`SamplingParams`] and the
 //! [`LogitsProcessor`] that turns logits into the exact distribution a token is drawn from,
-//! [`StopCriteria`] and [`FinishReason`], the [`CausalLm`] model trait with its multi-token,
+//! [`StopStringMatcher`] and [`FinishReason`], the [`CausalLm`] model trait with its multi-token,
 //! rollback-able forward contract, latency [`metrics`], and the [`CoreError`] type.
 //!
 //! The crate has no model code and no I/O; it is small on purpose so that the draft runner, the
@@ -20,7 +20,7 @@ pub use metrics::{GenerationMetrics, LatencyStats};
 pub use model::{CausalLm, LogitsSelection};
 pub use rng::Rng;
 pub use sampling::{Distribution, LogitsProcessor, SamplingParams};
-pub use stop::{FinishReason, StopCriteria, StopStringMatcher};
+pub use stop::{FinishReason, StopStringMatcher};
 
 /// A token id in a model's vocabulary.
 pub type TokenId = u32;

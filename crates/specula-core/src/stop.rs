@@ -1,6 +1,5 @@
 //! Stop criteria and finish reasons.
 
-use crate::TokenId;
 use serde::{Deserialize, Serialize};
 
 /// Why a generation ended.
@@ -25,24 +24,6 @@ impl std::fmt::Display for FinishReason {
             FinishReason::MaxTokens => "max_tokens",
             FinishReason::ContextFull => "context_full",
         })
-    }
-}
-
-/// When to stop generating.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-pub struct StopCriteria {
-    /// Token ids that end generation (the model's EOS and end-of-turn tokens).
-    pub eos_token_ids: Vec<TokenId>,
-    /// Strings that end generation when they appear in the generated text.
-    pub stop_strings: Vec<String>,
-    /// Maximum number of new tokens.
-    pub max_new_tokens: usize,
-}
-
-impl StopCriteria {
-    /// True if `token` ends generation.
-    pub fn is_eos(&self, token: TokenId) -> bool {
-        self.eos_token_ids.contains(&token)
     }
 }
 
