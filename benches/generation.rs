@@ -21,7 +21,7 @@
 //! missing the bench says which command fetches them. Kernel threads are pinned to 2
 //! (`SPECULA_BENCH_THREADS` overrides).
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
 use specula::{CausalLm, GenerateParams, Generator, LogitsSelection, ModelSource, TokenId};
 use specula_models::synthetic::SyntheticSpec;
 use std::path::{Path, PathBuf};
@@ -69,7 +69,10 @@ fn bench_latency(c: &mut Criterion, group: &str, mode: &str, g: &mut Generator, 
     };
     let _ = g.generate_from_ids(&ids, &greedy(2), |_| {}); // warm-up (weight repacking)
     let mut grp = c.benchmark_group(format!("{group}/{mode}"));
-    grp.sample_size(10).measurement_time(Duration::from_secs(5));
+    // Flat sampling: a 33-token generation takes seconds, so each sample is one or a few runs.
+    grp.sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .measurement_time(Duration::from_secs(5));
     grp.bench_function("ttft", |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
@@ -104,7 +107,9 @@ fn bench_forward_n(c: &mut Criterion, name: &str, m: &mut dyn CausalLm, context:
         return;
     }
     let mut grp = c.benchmark_group(name);
-    grp.sample_size(10).measurement_time(Duration::from_secs(3));
+    grp.sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .measurement_time(Duration::from_secs(3));
     for n in 1..=9usize {
         let toks: Vec<TokenId> = (0..n as TokenId).map(|i| 200 + i).collect();
         grp.bench_function(format!("n={n}"), |b| {

@@ -379,6 +379,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             };
             use std::io::Write;
             writeln!(files[mi], "{}", record(q, name, &a))?;
+            files[mi].flush()?; // answers survive an interrupted run
             match (&plain_turns, k) {
                 (None, None) => plain_turns = Some(a.turns.clone()),
                 (Some(p), Some(_)) if *p != a.turns => {
