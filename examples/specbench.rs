@@ -254,7 +254,7 @@ fn record(q: &Question, mode: &str, a: &Answer) -> Value {
 }
 
 /// Per-category aggregate of one mode.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Agg {
     speeds: Vec<f64>,
     accept_lengths: Vec<usize>,
@@ -266,10 +266,23 @@ struct Agg {
 impl Agg {
     fn add(&mut self, a: &Answer) {
         self.speeds.push(a.speed());
-        self.accept_lengths.extend(&a.accept_lengths);
-        self.ttft_ms.extend(&a.ttft_ms);
-        self.itl_ms.extend(&a.itl_ms);
-        if let Some(s) = &a.stats {
+        self.absorb(&a.accept_lengths, &a.ttft_ms, &a.itl_ms, a.stats.as_ref());
+    }
+    fn merge(&mut self, o: &Agg) {
+        self.speeds.extend(&o.speeds);
+        self.absorb(&o.accept_lengths, &o.ttft_ms, &o.itl_ms, o.stats.as_ref());
+    }
+    fn absorb(
+        &mut self,
+        accept_lengths: &[usize],
+        ttft_ms: &[f64],
+        itl_ms: &[f64],
+        stats: Option<&AcceptanceStats>,
+    ) {
+        self.accept_lengths.extend(accept_lengths);
+        self.ttft_ms.extend(ttft_ms);
+        self.itl_ms.extend(itl_ms);
+        if let Some(s) = stats {
             self.stats
                 .get_or_insert_with(|| AcceptanceStats::new(0))
                 .merge(s);
@@ -456,15 +469,7 @@ fn report(
     for c in categories {
         let per_mode = aggs
             .iter()
-            .map(|m| {
-                let mut a = Agg::default();
-                if let Some(x) = m.get(c) {
-                    a.speeds = x.speeds.clone();
-                    a.accept_lengths = x.accept_lengths.clone();
-                    a.stats = x.stats.clone();
-                }
-                a
-            })
+            .map(|m| m.get(c).cloned().unwrap_or_default())
             .collect();
         rows.push((c.clone(), per_mode));
     }
@@ -474,15 +479,7 @@ fn report(
         .map(|m| {
             let mut a = Agg::default();
             for x in m.values() {
-                a.speeds.extend(&x.speeds);
-                a.accept_lengths.extend(&x.accept_lengths);
-                a.ttft_ms.extend(&x.ttft_ms);
-                a.itl_ms.extend(&x.itl_ms);
-                if let Some(s) = &x.stats {
-                    a.stats
-                        .get_or_insert_with(|| AcceptanceStats::new(0))
-                        .merge(s);
-                }
+                a.merge(x);
             }
             a
         })

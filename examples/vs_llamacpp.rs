@@ -114,27 +114,28 @@ fn llama(bin: &Path, tool: &str, args: &[String]) -> Result<(String, String), Bo
     Ok((stdout, stderr))
 }
 
+/// The arguments both llama.cpp tools share: model, prompt, length, threads, context, greedy.
+fn common_args(a: &Args, target: &Path, prompt: &str) -> Vec<String> {
+    let mut v: Vec<String> = ["-m", &target.display().to_string(), "-p", prompt]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for (flag, value) in [
+        ("-n", a.max_tokens),
+        ("-t", a.threads),
+        ("-c", 4096),
+        ("--temp", 0),
+    ] {
+        v.push(flag.to_string());
+        v.push(value.to_string());
+    }
+    v.push("--ignore-eos".into());
+    v
+}
+
 fn llama_plain(a: &Args, bin: &Path, target: &Path, prompt: &str) -> Result<Run, BoxErr> {
-    let args: Vec<String> = [
-        "-m",
-        &target.display().to_string(),
-        "-p",
-        prompt,
-        "-n",
-        &a.max_tokens.to_string(),
-        "-t",
-        &a.threads.to_string(),
-        "-c",
-        "4096",
-        "--temp",
-        "0",
-        "--ignore-eos",
-        "-no-cnv",
-        "--no-display-prompt",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args = common_args(a, target, prompt);
+    args.extend(["-no-cnv", "--no-display-prompt"].map(String::from));
     let (stdout, stderr) = llama(bin, "llama-completion", &args)?;
     // `...:        eval time = X ms / N runs   (Y ms per token, Z tokens per second)`
     let tps = stderr
@@ -157,36 +158,25 @@ fn llama_spec(
     prompt: &str,
     k: usize,
 ) -> Result<Run, BoxErr> {
-    let args: Vec<String> = [
-        "-m",
-        &target.display().to_string(),
-        "-md",
-        &draft.display().to_string(),
-        "-p",
-        prompt,
-        "-n",
-        &a.max_tokens.to_string(),
-        "-t",
-        &a.threads.to_string(),
-        "-td",
-        &a.threads.to_string(),
-        "-c",
-        "4096",
-        "--temp",
-        "0",
-        "--ignore-eos",
-        "--spec-type",
-        "draft-simple",
-        "--spec-draft-n-max",
-        &k.to_string(),
-        "--spec-draft-n-min",
-        "0",
-        "--spec-draft-p-min",
-        "0",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args = common_args(a, target, prompt);
+    let (threads, k) = (a.threads.to_string(), k.to_string());
+    args.extend(
+        [
+            "-md",
+            &draft.display().to_string(),
+            "-td",
+            &threads,
+            "--spec-type",
+            "draft-simple",
+            "--spec-draft-n-max",
+            &k,
+            "--spec-draft-n-min",
+            "0",
+            "--spec-draft-p-min",
+            "0",
+        ]
+        .map(String::from),
+    );
     let (stdout, stderr) = llama(bin, "llama-speculative-simple", &args)?;
     let tps = number_after(&stderr, "decoded", "speed:")
         .ok_or("llama-speculative-simple printed no `decoded ... speed` line")?;
