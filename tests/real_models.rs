@@ -304,23 +304,31 @@ fn spec_bench_prompts(per_category: &[(&str, usize)]) -> Vec<(String, String)> {
     out
 }
 
+/// The real 1.5B target as a plain generator and with the 0.5B draft at draft length `k`, or
+/// `None` when real-model tests are skipped.
+fn real_pair(k: usize) -> Option<(Generator, Generator)> {
+    let (target, draft) = (real_model(QWEN_15B)?, real_model(QWEN_05B)?);
+    let plain = Generator::builder()
+        .model(ModelSource::gguf(&target))
+        .build()
+        .unwrap();
+    let spec = Generator::builder()
+        .model(ModelSource::gguf(&target))
+        .draft(ModelSource::gguf(&draft))
+        .draft_len(k)
+        .build()
+        .unwrap();
+    Some((plain, spec))
+}
+
 /// Greedy speculative decoding with the real 0.5B draft is token-identical to plain decoding of
 /// the 1.5B target: 20 Spec-Bench questions (every category, chat template applied) and 4 code
 /// completions, 128 new tokens each, cycling the draft length through k = 1..8.
 #[test]
 fn real_pair_greedy_speculation_equals_plain() {
-    let (Some(target), Some(draft)) = (real_model(QWEN_15B), real_model(QWEN_05B)) else {
+    let Some((mut plain, mut spec)) = real_pair(4) else {
         return;
     };
-    let mut plain = Generator::builder()
-        .model(ModelSource::gguf(&target))
-        .build()
-        .unwrap();
-    let mut spec = Generator::builder()
-        .model(ModelSource::gguf(&target))
-        .draft(ModelSource::gguf(&draft))
-        .build()
-        .unwrap();
     let mut prompts: Vec<(String, String)> = spec_bench_prompts(&[
         ("writing", 1),
         ("roleplay", 1),
@@ -515,19 +523,9 @@ fn real_pair_sampling_acceptance_preserves_target_distribution() {
 /// one (the sampling settings reach the acceptance test), and a fixed seed reproduces a run.
 #[test]
 fn real_pair_sampling_end_to_end() {
-    let (Some(target), Some(draft)) = (real_model(QWEN_15B), real_model(QWEN_05B)) else {
+    let Some((mut plain, mut spec)) = real_pair(4) else {
         return;
     };
-    let mut plain = Generator::builder()
-        .model(ModelSource::gguf(&target))
-        .build()
-        .unwrap();
-    let mut spec = Generator::builder()
-        .model(ModelSource::gguf(&target))
-        .draft(ModelSource::gguf(&draft))
-        .draft_len(4)
-        .build()
-        .unwrap();
     let prompt = "def binary_search(items, x):\n";
     let greedy = plain.generate(prompt, &GenerateParams::new(32)).unwrap();
     let top1 = GenerateParams::new(32).sampling(SamplingParams {
