@@ -450,3 +450,58 @@ mod rollback {
         }
     }
 }
+
+/// Greedy speculation stays token-identical on every weight format Specula's CPU kernels run:
+/// Q4_K, Q6_K, Q5_0, Q8_0 and bf16 (dequantized at load), with k = 1..=6.
+#[test]
+fn greedy_speculation_is_token_identical_on_every_kernel_format() {
+    use candle_core::quantized::GgmlDType;
+    let dir = tempfile::tempdir().unwrap();
+    for (quant, dtype) in [
+        (GgmlDType::Q4K, None),
+        (GgmlDType::Q6K, None),
+        (GgmlDType::Q5_0, None),
+        (GgmlDType::Q8_0, None),
+        (GgmlDType::Q8_0, Some(candle_core::DType::BF16)),
+    ] {
+        let base = SyntheticSpec {
+            hidden_size: 256,
+            intermediate_size: 512,
+            quant,
+            ..SyntheticSpec::tiny_qwen2()
+        };
+        let draft_spec = SyntheticSpec {
+            seed: 9,
+            num_layers: 1,
+            ..base.clone()
+        };
+        let opts = LoadOptions {
+            dtype,
+            ..LoadOptions::default()
+        };
+        let load_one = |spec: &SyntheticSpec, name: &str| {
+            let path = dir.path().join(name);
+            spec.write_gguf(&path).unwrap();
+            load(&ModelSource::gguf(&path), &opts).unwrap()
+        };
+        let t = load_one(&base, &format!("t-{quant:?}.gguf"));
+        let d = load_one(&draft_spec, &format!("d-{quant:?}.gguf"));
+        let mut plain = Generator::new(t.model.clone(), t.tokenizer.clone()).unwrap();
+        for k in 1..=6 {
+            for (name, draft) in [("random", d.model.clone()), ("identical", t.model.clone())] {
+                let mut g = Generator::new(t.model.clone(), t.tokenizer.clone())
+                    .unwrap()
+                    .with_draft(draft, k)
+                    .unwrap();
+                for p in PROMPTS {
+                    let want = plain.generate(p, &greedy(24)).unwrap();
+                    let got = g.generate(p, &greedy(24)).unwrap();
+                    assert_eq!(
+                        got.tokens, want.tokens,
+                        "{quant:?} {dtype:?} {name} draft, k={k}, {p:?}"
+                    );
+                }
+            }
+        }
+    }
+}

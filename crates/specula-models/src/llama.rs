@@ -5,8 +5,9 @@
 use crate::config::{ModelConfig, RopeStyle};
 use crate::weights::{Embedding, Linear, WeightSource, BATCH_INVARIANT_MAX_ROWS};
 use crate::Result;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{CpuStorage, DType, Device, Layout, Storage, Tensor};
 use specula_core::{CausalLm, CoreError, LogitsSelection, TokenId};
+use specula_kernels::{causal_attention, AttentionShape, KvView};
 use specula_kv::{KvCache, KvConfig, KvError};
 
 /// Positions allocated at a time by the KV cache.
@@ -180,7 +181,9 @@ impl LlamaModel {
                 .cache
                 .append(layer, &k, &v)
                 .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-            let attn = if n <= BATCH_INVARIANT_MAX_ROWS {
+            let attn = if n <= BATCH_INVARIANT_MAX_ROWS && self.device.is_cpu() {
+                fused_attention(&q, &k_all, &v_all, pos, nkv, scale)?
+            } else if n <= BATCH_INVARIANT_MAX_ROWS {
                 // One query position at a time over exactly the keys it may see: the same shapes
                 // (and so the same kernels) as a single-token forward, hence bit-identical rows.
                 let rows = (0..n)
@@ -219,6 +222,56 @@ impl LlamaModel {
 /// Attention of `q` `(1, heads, n, hd)` over `k`/`v` `(1, kv_heads, len, hd)`; returns
 /// `(1, n, heads * hd)`. GQA without copying K/V: the query heads that share a KV head are folded
 /// into rows of one matmul.
+/// Decode / verification attention on the CPU: the new rows of `q` (`(1, heads, n, hd)`) against
+/// the cache views `k_all`, `v_all` (`(1, kv_heads, pos + n, hd)`), read in place by Specula's
+/// kernel; batch-invariant like the per-row path it replaces, without its per-row tensor ops.
+fn fused_attention(
+    q: &Tensor,
+    k_all: &Tensor,
+    v_all: &Tensor,
+    pos: usize,
+    kv_heads: usize,
+    scale: f64,
+) -> candle_core::Result<Tensor> {
+    let (_, heads, n, hd) = q.dims4()?;
+    let q = q.to_dtype(DType::F32)?.contiguous()?;
+    let mut out = vec![0f32; n * heads * hd];
+    {
+        let (qs, ql) = q.storage_and_layout();
+        let (ks, kl) = k_all.storage_and_layout();
+        let (vs, vl) = v_all.storage_and_layout();
+        let (Storage::Cpu(qs), Storage::Cpu(ks), Storage::Cpu(vs)) = (&*qs, &*ks, &*vs) else {
+            candle_core::bail!("fused attention runs on the CPU only");
+        };
+        if kl.stride()[3] != 1 || vl.stride()[3] != 1 {
+            candle_core::bail!("the KV cache rows must be contiguous");
+        }
+        let (kv, vv) = (kv_view(ks, kl)?, kv_view(vs, vl)?);
+        let q_all = qs.as_slice::<f32>()?;
+        let qv = &q_all[ql.start_offset()..ql.start_offset() + heads * n * hd];
+        let shape = AttentionShape {
+            n,
+            heads,
+            kv_heads,
+            head_dim: hd,
+            pos,
+        };
+        causal_attention(qv, kv, vv, shape, scale as f32, &mut out)
+            .map_err(candle_core::Error::wrap)?;
+    }
+    Tensor::from_vec(out, (1, n, heads * hd), q.device())
+}
+
+/// A `(1, kv_heads, len, hd)` cache tensor's storage as the kernel's strided view.
+fn kv_view<'a>(data: &'a CpuStorage, l: &Layout) -> candle_core::Result<KvView<'a>> {
+    Ok(KvView {
+        data: data.as_slice::<f32>()?,
+        offset: l.start_offset(),
+        head_stride: l.stride()[1],
+        pos_stride: l.stride()[2],
+    })
+}
+
 fn attention(
     q: &Tensor,
     k: &Tensor,

@@ -4,9 +4,10 @@
 
 use crate::gguf::GgufFile;
 use crate::{ModelError, Result};
-use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Storage, Tensor};
 use candle_nn::VarBuilder;
+use specula_kernels::{Bf16Matrix, KernelError, QMatrix, QuantType};
 use std::sync::Arc;
 
 /// A linear layer `y = x W^T (+ b)` whose weight is quantized (GGUF) or dense.
@@ -18,11 +19,17 @@ pub struct Linear {
 
 #[derive(Debug, Clone)]
 enum LinearWeight {
+    /// Specula's own CPU kernels (Q4_K, Q6_K, Q5_0, Q8_0): batch-invariant for every n.
+    Kernel(Arc<QMatrix>),
+    /// Specula's bf16 kernel (CPU, `--dtype bf16`): batch-invariant for every n.
+    Bf16(Arc<Bf16Matrix>),
+    /// candle's quantized matmul (other types, GPU devices).
     Quantized(QMatMul),
     Dense(Tensor),
 }
 
-/// Largest number of rows that [`Linear::forward`] computes one row at a time.
+/// Largest number of rows that [`Linear::forward`] computes one row at a time when the weight is
+/// not on Specula's own kernels (those are batch-invariant for any number of rows).
 ///
 /// candle's CPU kernels pick different code paths for one row and for several (on x86 the Q8_0
 /// and Q6_K matmuls repack weights and quantize activations differently when `m > 1`, and the
@@ -40,7 +47,7 @@ impl Linear {
         let dims = x.dims();
         let inner = dims[dims.len() - 1];
         let rows = x.elem_count() / inner.max(1);
-        if rows > 1 && rows <= BATCH_INVARIANT_MAX_ROWS {
+        if rows > 1 && rows <= BATCH_INVARIANT_MAX_ROWS && !self.is_batch_invariant() {
             let flat = x.reshape((rows, inner))?;
             let parts = (0..rows)
                 .map(|r| self.forward_rows(&flat.narrow(0, r, 1)?))
@@ -54,8 +61,15 @@ impl Linear {
         self.forward_rows(x)
     }
 
+    /// Whether one call's rows are independent of each other bit for bit.
+    fn is_batch_invariant(&self) -> bool {
+        matches!(self.weight, LinearWeight::Kernel(_) | LinearWeight::Bf16(_))
+    }
+
     fn forward_rows(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = match &self.weight {
+            LinearWeight::Kernel(w) => kernel_forward(w.as_ref(), x)?,
+            LinearWeight::Bf16(w) => kernel_forward(w.as_ref(), x)?,
             LinearWeight::Quantized(w) => w.forward(x)?,
             LinearWeight::Dense(w) => {
                 let dims = x.dims().to_vec();
@@ -75,6 +89,90 @@ impl Linear {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
+    }
+}
+
+/// A weight matrix on Specula's CPU kernels.
+trait CpuMatmul {
+    /// `(out_features, in_features)`.
+    fn shape(&self) -> (usize, usize);
+    /// `y = x W^T` for `n` rows.
+    fn matmul(&self, x: &[f32], n: usize, y: &mut [f32]) -> std::result::Result<(), KernelError>;
+}
+
+impl CpuMatmul for QMatrix {
+    fn shape(&self) -> (usize, usize) {
+        QMatrix::shape(self)
+    }
+    fn matmul(&self, x: &[f32], n: usize, y: &mut [f32]) -> std::result::Result<(), KernelError> {
+        QMatrix::matmul(self, x, n, y)
+    }
+}
+
+impl CpuMatmul for Bf16Matrix {
+    fn shape(&self) -> (usize, usize) {
+        Bf16Matrix::shape(self)
+    }
+    fn matmul(&self, x: &[f32], n: usize, y: &mut [f32]) -> std::result::Result<(), KernelError> {
+        Bf16Matrix::matmul(self, x, n, y)
+    }
+}
+
+/// A dense weight as Specula's bf16 kernel when it is bf16 on the CPU, else as a candle tensor.
+fn dense_weight(w: Tensor) -> Result<LinearWeight> {
+    if let (Device::Cpu, DType::BF16, [rows, cols], true) =
+        (w.device(), w.dtype(), w.dims(), own_kernels())
+    {
+        let (rows, cols) = (*rows, *cols);
+        let values = w.flatten_all()?.to_vec1::<half::bf16>()?;
+        let m = Bf16Matrix::new(rows, cols, values).map_err(candle_core::Error::wrap)?;
+        return Ok(LinearWeight::Bf16(Arc::new(m)));
+    }
+    Ok(LinearWeight::Dense(w))
+}
+
+/// `x W^T` on Specula's kernels: reads `x` in place (f32, CPU) and writes a fresh output.
+fn kernel_forward(w: &dyn CpuMatmul, x: &Tensor) -> candle_core::Result<Tensor> {
+    let (out_features, in_features) = w.shape();
+    let x = x.to_dtype(DType::F32)?.contiguous()?;
+    let mut dims = x.dims().to_vec();
+    let rows = x.elem_count() / in_features.max(1);
+    let mut y = vec![0f32; rows * out_features];
+    {
+        let (storage, layout) = x.storage_and_layout();
+        let Storage::Cpu(cpu) = &*storage else {
+            candle_core::bail!("Specula's quantized kernels run on the CPU only");
+        };
+        let all = cpu.as_slice::<f32>()?;
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("activations must be contiguous");
+        };
+        w.matmul(&all[start..end], rows, &mut y)
+            .map_err(candle_core::Error::wrap)?;
+    }
+    if let Some(last) = dims.last_mut() {
+        *last = out_features;
+    }
+    Tensor::from_vec(y, dims, x.device())
+}
+
+/// Whether matrices go to Specula's own CPU kernels; `SPECULA_KERNELS=candle` keeps every matrix
+/// on candle's kernels (for comparisons; small batches then run row by row).
+fn own_kernels() -> bool {
+    !std::env::var("SPECULA_KERNELS").is_ok_and(|v| v.eq_ignore_ascii_case("candle"))
+}
+
+/// Specula's kernel type for a GGUF type, if it has one and own kernels are enabled.
+fn kernel_type(dt: GgmlDType) -> Option<QuantType> {
+    if !own_kernels() {
+        return None;
+    }
+    match dt {
+        GgmlDType::Q4K => Some(QuantType::Q4K),
+        GgmlDType::Q6K => Some(QuantType::Q6K),
+        GgmlDType::Q5_0 => Some(QuantType::Q5_0),
+        GgmlDType::Q8_0 => Some(QuantType::Q8_0),
+        _ => None,
     }
 }
 
@@ -179,10 +277,17 @@ impl GgufSource<'_> {
     }
 
     fn matrix(&self, q: QTensor) -> Result<LinearWeight> {
-        Ok(match self.dense {
-            Some(dt) => LinearWeight::Dense(q.dequantize(&self.device)?.to_dtype(dt)?),
-            None => LinearWeight::Quantized(QMatMul::from_qtensor(q)?),
-        })
+        if let Some(dt) = self.dense {
+            return dense_weight(q.dequantize(&self.device)?.to_dtype(dt)?);
+        }
+        if let (Device::Cpu, Some(ty), [rows, cols]) =
+            (&self.device, kernel_type(q.dtype()), q.shape().dims())
+        {
+            if let Ok(m) = QMatrix::new(ty, *rows, *cols, q.data()?.into_owned()) {
+                return Ok(LinearWeight::Kernel(Arc::new(m)));
+            }
+        }
+        Ok(LinearWeight::Quantized(QMatMul::from_qtensor(q)?))
     }
 }
 
@@ -260,7 +365,7 @@ impl WeightSource for SafetensorsSource<'_> {
             None
         };
         Ok(Linear {
-            weight: LinearWeight::Dense(w),
+            weight: dense_weight(w)?,
             bias,
         })
     }
@@ -279,7 +384,7 @@ impl WeightSource for SafetensorsSource<'_> {
 
     fn tied_output(&mut self, name: &str, rows: usize, cols: usize) -> Result<Linear> {
         Ok(Linear {
-            weight: LinearWeight::Dense(self.get(name, &[rows, cols], self.dtype)?),
+            weight: dense_weight(self.get(name, &[rows, cols], self.dtype)?)?,
             bias: None,
         })
     }

@@ -1,0 +1,70 @@
+//! Cost of one quantized matmul of n = 1..9 activation rows, per weight type, on a matrix the size
+//! of the Qwen2.5 1.5B MLP (8960 x 1536; Q5_0 / Q8_0: the 0.5B's 4864 x 896). The ratio of the n-row
+//! time to the 1-row time is what a verification forward costs relative to a decode step.
+//!
+//! `cargo bench -p specula-kernels --bench matmul` (`SPECULA_KERNELS=scalar` for the portable path).
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use specula_kernels::{QMatrix, QuantType};
+
+fn matrix(ty: QuantType, rows: usize, cols: usize) -> QMatrix {
+    let blocks = rows * cols / ty.block_elems();
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut data: Vec<u8> = (0..blocks * ty.block_bytes())
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    // Finite f16 scales (0x2000 is about 0.0078).
+    let at = match ty {
+        QuantType::Q6K => vec![208],
+        QuantType::Q4K => vec![0, 2],
+        _ => vec![0],
+    };
+    for blk in data.chunks_exact_mut(ty.block_bytes()) {
+        for &a in &at {
+            blk[a..a + 2].copy_from_slice(&0x2000u16.to_le_bytes());
+        }
+    }
+    match QMatrix::new(ty, rows, cols, data) {
+        Ok(m) => m,
+        Err(e) => panic!("bench matrix: {e}"),
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    // Ignore the error if a pool already exists (another bench in the same process).
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global();
+    for (ty, rows, cols) in [
+        (QuantType::Q4K, 8960, 1536),
+        (QuantType::Q6K, 8960, 1536),
+        (QuantType::Q5_0, 4864, 896),
+        (QuantType::Q8_0, 4864, 896),
+    ] {
+        let m = matrix(ty, rows, cols);
+        let mut g = c.benchmark_group(format!("matmul-{ty:?}-{rows}x{cols}"));
+        g.sample_size(20);
+        for n in 1..=9 {
+            let x: Vec<f32> = (0..n * cols)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+                .collect();
+            let mut y = vec![0f32; n * rows];
+            g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, &n| {
+                b.iter(|| m.matmul(&x, n, &mut y))
+            });
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

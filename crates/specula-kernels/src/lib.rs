@@ -1,0 +1,431 @@
+//! Quantized matrix kernels for Specula's CPU path.
+//!
+//! A [`QMatrix`] holds a weight matrix in its GGUF bytes (Q4_K, Q6_K, Q5_0 or Q8_0, the types of
+//! the Qwen2.5 Q4_K_M files) and multiplies it by `n` activation rows at once:
+//!
+//! * **Weight-stationary.** Each weight block is read from memory and unpacked once per call and
+//!   applied to every activation row (in tiles of 8), so verifying `n` drafted tokens costs far
+//!   less than `n` single-token forwards — the cost curve speculative decoding lives on.
+//! * **Batch-invariant.** A row's result is bit-identical whatever `n` is and wherever the row
+//!   sits in the batch: activations are quantized per row, each (weight row, activation row) pair
+//!   has its own accumulators, and the instruction sequence never depends on `n`. Greedy
+//!   speculative decoding is token-identical to plain decoding because of this.
+//! * **Runtime dispatch.** AVX2 + FMA when the CPU has them (detected at run time, no
+//!   `-C target-cpu=native` needed), a portable scalar path otherwise. `SPECULA_KERNELS=scalar`
+//!   forces the portable path.
+//!
+//! ```
+//! use specula_kernels::{QMatrix, QuantType};
+//!
+//! // A 2 x 32 Q8_0 matrix: per row one block of (f16 scale, 32 signed quants).
+//! let mut bytes = Vec::new();
+//! for r in 0..2 {
+//!     bytes.extend_from_slice(&half::f16::from_f32(0.5).to_le_bytes());
+//!     bytes.extend((0..32).map(|i| (i as i8 - 16 * r as i8) as u8));
+//! }
+//! let w = QMatrix::new(QuantType::Q8_0, 2, 32, bytes)?;
+//! let x = vec![1.0f32; 32]; // one activation row
+//! let mut y = vec![0.0f32; 2];
+//! w.matmul(&x, 1, &mut y)?;
+//! assert!((y[0] - 248.0).abs() < 1.0); // 0.5 * (0 + 1 + ... + 31)
+//! # Ok::<(), specula_kernels::KernelError>(())
+//! ```
+
+mod attention;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+mod bf16;
+mod blocks;
+mod scalar;
+
+pub use attention::{causal_attention, AttentionShape, KvView};
+pub use bf16::Bf16Matrix;
+pub use blocks::{
+    dequantize_q4k, dequantize_q50, dequantize_q6k, dequantize_q80, quantize_row_q8_32,
+    quantize_row_q8k, BlockQ8K, BlockQ8_32, QK32, QK_K,
+};
+use blocks::{Q4K_BYTES, Q50_BYTES, Q6K_BYTES, Q80_BYTES};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// Errors of the kernels.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// The row length is not a whole number of blocks.
+    #[error("{ty:?} needs rows of a multiple of {block} elements, got {cols}; keep this tensor in candle's kernels or requantize it")]
+    BadColumns {
+        /// The quantization type.
+        ty: QuantType,
+        /// Its block size.
+        block: usize,
+        /// The row length given.
+        cols: usize,
+    },
+    /// The byte buffer does not match the shape.
+    #[error("{ty:?} matrix of {rows} x {cols} needs {expected} bytes, got {got}; the file is truncated or the shape is wrong")]
+    BadData {
+        /// The quantization type.
+        ty: QuantType,
+        /// Rows.
+        rows: usize,
+        /// Columns.
+        cols: usize,
+        /// Bytes expected.
+        expected: usize,
+        /// Bytes given.
+        got: usize,
+    },
+    /// A dense matrix's value count does not match its shape.
+    #[error("a {rows} x {cols} matrix needs {} values, got {got}", rows * cols)]
+    BadDenseData {
+        /// Rows.
+        rows: usize,
+        /// Columns.
+        cols: usize,
+        /// Values given.
+        got: usize,
+    },
+    /// The activation or output slice has the wrong length.
+    #[error("matmul of a {rows} x {cols} matrix with {n} rows needs x of {x_expected} and y of {y_expected} floats, got {x_got} and {y_got}")]
+    BadOperands {
+        /// Matrix rows.
+        rows: usize,
+        /// Matrix columns.
+        cols: usize,
+        /// Activation rows.
+        n: usize,
+        /// `n * cols`.
+        x_expected: usize,
+        /// `x.len()`.
+        x_got: usize,
+        /// `n * rows`.
+        y_expected: usize,
+        /// `y.len()`.
+        y_got: usize,
+    },
+    /// The attention operands do not match their shape.
+    #[error("attention operands do not match: {0}")]
+    BadAttention(String),
+    /// The requested instruction set is not available on this CPU.
+    #[error("this CPU does not support {0:?}; use Isa::detect()")]
+    Unsupported(Isa),
+}
+
+/// The weight formats the kernels implement (GGUF / ggml type names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QuantType {
+    /// 4.5 bits per weight: 256-element super-blocks of eight 6-bit scales and minimums.
+    Q4K,
+    /// 6.56 bits per weight: 256-element super-blocks of sixteen 8-bit scales.
+    Q6K,
+    /// 5.5 bits per weight: 32-element blocks, one f16 scale, offset 16.
+    Q5_0,
+    /// 8.5 bits per weight: 32-element blocks, one f16 scale.
+    Q8_0,
+}
+
+impl QuantType {
+    /// Elements per block.
+    pub const fn block_elems(self) -> usize {
+        match self {
+            QuantType::Q4K | QuantType::Q6K => QK_K,
+            QuantType::Q5_0 | QuantType::Q8_0 => QK32,
+        }
+    }
+
+    /// Bytes per block.
+    pub const fn block_bytes(self) -> usize {
+        match self {
+            QuantType::Q4K => Q4K_BYTES,
+            QuantType::Q6K => Q6K_BYTES,
+            QuantType::Q5_0 => Q50_BYTES,
+            QuantType::Q8_0 => Q80_BYTES,
+        }
+    }
+
+    /// Dequantizes one block (`block_bytes()` bytes) into `block_elems()` floats.
+    pub fn dequantize_block(self, block: &[u8], out: &mut [f32]) {
+        match self {
+            QuantType::Q4K => dequantize_q4k(block, out),
+            QuantType::Q6K => dequantize_q6k(block, out),
+            QuantType::Q5_0 => dequantize_q50(block, out),
+            QuantType::Q8_0 => dequantize_q80(block, out),
+        }
+    }
+}
+
+/// The instruction set a [`QMatrix`] runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// Portable Rust.
+    Scalar,
+    /// x86-64 AVX2 + FMA.
+    Avx2,
+}
+
+impl Isa {
+    /// The best instruction set this CPU supports, unless `SPECULA_KERNELS=scalar` is set.
+    pub fn detect() -> Isa {
+        if std::env::var("SPECULA_KERNELS").is_ok_and(|v| v.eq_ignore_ascii_case("scalar")) {
+            return Isa::Scalar;
+        }
+        if Isa::Avx2.is_supported() {
+            Isa::Avx2
+        } else {
+            Isa::Scalar
+        }
+    }
+
+    /// Whether this CPU can run `self`.
+    pub fn is_supported(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            Isa::Avx2 => false,
+        }
+    }
+}
+
+/// A quantized `rows x cols` weight matrix (row-major, each row a whole number of blocks, the
+/// layout of a GGUF tensor of shape `(rows, cols)`), multiplied as `y = x W^T`.
+#[derive(Debug, Clone)]
+pub struct QMatrix {
+    ty: QuantType,
+    rows: usize,
+    cols: usize,
+    data: Vec<u8>,
+    isa: Isa,
+}
+
+thread_local! {
+    static ACT_K: RefCell<Vec<BlockQ8K>> = const { RefCell::new(Vec::new()) };
+    static ACT_32: RefCell<Vec<BlockQ8_32>> = const { RefCell::new(Vec::new()) };
+    static OUT_T: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on a thread-local buffer of at least `len` elements, or on a fresh one if the
+/// thread's buffer is already in use (a nested call from a pool worker).
+fn with_buf<T: Clone + Default, R>(
+    key: &'static std::thread::LocalKey<RefCell<Vec<T>>>,
+    len: usize,
+    f: impl FnOnce(&mut [T]) -> R,
+) -> R {
+    let mut f = Some(f);
+    let reused = key.with(|cell| {
+        let mut buf = cell.try_borrow_mut().ok()?;
+        if buf.len() < len {
+            buf.resize(len, T::default());
+        }
+        let f = f.take()?;
+        Some(f(&mut buf[..len]))
+    });
+    match (reused, f) {
+        (Some(r), _) => r,
+        (None, Some(f)) => f(&mut vec![T::default(); len]),
+        (None, None) => unreachable!("the closure ran but returned nothing"),
+    }
+}
+
+impl QMatrix {
+    /// Wraps `data` (the tensor's bytes in GGUF layout) as a `rows x cols` matrix of type `ty`,
+    /// running on [`Isa::detect`]'s instruction set.
+    pub fn new(
+        ty: QuantType,
+        rows: usize,
+        cols: usize,
+        data: Vec<u8>,
+    ) -> Result<Self, KernelError> {
+        if cols == 0 || !cols.is_multiple_of(ty.block_elems()) {
+            return Err(KernelError::BadColumns {
+                ty,
+                block: ty.block_elems(),
+                cols,
+            });
+        }
+        let expected = rows * (cols / ty.block_elems()) * ty.block_bytes();
+        if data.len() != expected {
+            return Err(KernelError::BadData {
+                ty,
+                rows,
+                cols,
+                expected,
+                got: data.len(),
+            });
+        }
+        Ok(Self {
+            ty,
+            rows,
+            cols,
+            data,
+            isa: Isa::detect(),
+        })
+    }
+
+    /// The same matrix on instruction set `isa` (for tests and benchmarks).
+    pub fn with_isa(mut self, isa: Isa) -> Result<Self, KernelError> {
+        if !isa.is_supported() {
+            return Err(KernelError::Unsupported(isa));
+        }
+        self.isa = isa;
+        Ok(self)
+    }
+
+    /// The quantization type.
+    pub fn quant_type(&self) -> QuantType {
+        self.ty
+    }
+
+    /// `(rows, cols)`.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    /// The instruction set in use.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Bytes of weights.
+    pub fn size_in_bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    /// The matrix as f32, row-major `rows x cols`.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        let be = self.ty.block_elems();
+        for (blk, o) in self
+            .data
+            .chunks_exact(self.ty.block_bytes())
+            .zip(out.chunks_exact_mut(be))
+        {
+            self.ty.dequantize_block(blk, o);
+        }
+        out
+    }
+
+    /// `y = x W^T`: `x` is `n` rows of `cols` floats, `y` receives `n` rows of `rows` floats.
+    ///
+    /// Row `j` of `y` depends only on row `j` of `x` (bit for bit), whatever `n` is. The work is
+    /// split over weight rows on rayon's pool.
+    pub fn matmul(&self, x: &[f32], n: usize, y: &mut [f32]) -> Result<(), KernelError> {
+        if x.len() != n * self.cols || y.len() != n * self.rows {
+            return Err(KernelError::BadOperands {
+                rows: self.rows,
+                cols: self.cols,
+                n,
+                x_expected: n * self.cols,
+                x_got: x.len(),
+                y_expected: n * self.rows,
+                y_got: y.len(),
+            });
+        }
+        if n == 0 || self.rows == 0 {
+            return Ok(());
+        }
+        let nb = self.cols / self.ty.block_elems();
+        match self.ty {
+            QuantType::Q4K | QuantType::Q6K => with_buf(&ACT_K, n * nb, |acts| {
+                for (xr, ar) in x.chunks_exact(self.cols).zip(acts.chunks_exact_mut(nb)) {
+                    quantize_row_q8k(xr, ar);
+                }
+                self.run(acts, nb, n, y)
+            }),
+            QuantType::Q5_0 | QuantType::Q8_0 => with_buf(&ACT_32, n * nb, |acts| {
+                for (xr, ar) in x.chunks_exact(self.cols).zip(acts.chunks_exact_mut(nb)) {
+                    quantize_row_q8_32(xr, ar);
+                }
+                self.run(acts, nb, n, y)
+            }),
+        }
+        Ok(())
+    }
+
+    /// Computes `out_t[r * n + j]` in parallel chunks of weight rows, then transposes into `y`.
+    fn run<A: Sync>(&self, acts: &[A], nb: usize, n: usize, y: &mut [f32])
+    where
+        Self: RowKernel<A>,
+    {
+        let row_bytes = nb * self.ty.block_bytes();
+        let threads = rayon::current_num_threads().max(1);
+        // Enough chunks to balance the pool, each large enough to amortise scheduling.
+        let chunk = self.rows.div_ceil(threads * 4).max(16);
+        if n == 1 {
+            y.par_chunks_mut(chunk).enumerate().for_each(|(c, out)| {
+                let r0 = c * chunk;
+                let w = &self.data[r0 * row_bytes..(r0 + out.len()) * row_bytes];
+                self.rows_kernel(w, nb, acts, 1, out);
+            });
+            return;
+        }
+        with_out_t(n * self.rows, |out_t| {
+            out_t
+                .par_chunks_mut(chunk * n)
+                .enumerate()
+                .for_each(|(c, out)| {
+                    let r0 = c * chunk;
+                    let w = &self.data[r0 * row_bytes..(r0 + out.len() / n) * row_bytes];
+                    self.rows_kernel(w, nb, acts, n, out);
+                });
+            transpose_into(out_t, n, self.rows, y);
+        });
+    }
+}
+
+/// Runs `f` on the thread's reusable `(rows, n)` output buffer of `len` floats.
+pub(crate) fn with_out_t<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    with_buf(&OUT_T, len, f)
+}
+
+/// `y[j * rows + r] = out_t[r * n + j]`.
+pub(crate) fn transpose_into(out_t: &[f32], n: usize, rows: usize, y: &mut [f32]) {
+    for (r, col) in out_t.chunks_exact(n).enumerate() {
+        for (j, v) in col.iter().enumerate() {
+            y[j * rows + r] = *v;
+        }
+    }
+}
+
+/// Dispatch of one chunk of rows to the kernel of the matrix's type and instruction set.
+trait RowKernel<A> {
+    fn rows_kernel(&self, w: &[u8], nb: usize, acts: &[A], n: usize, out: &mut [f32]);
+}
+
+impl RowKernel<BlockQ8K> for QMatrix {
+    fn rows_kernel(&self, w: &[u8], nb: usize, acts: &[BlockQ8K], n: usize, out: &mut [f32]) {
+        match (self.ty, self.isa) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `isa` is Avx2 only after `Isa::is_supported` said so; shapes were checked
+            // in `new` and `matmul`.
+            (QuantType::Q4K, Isa::Avx2) => unsafe { avx2::rows_q4k(w, nb, acts, n, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            (QuantType::Q6K, Isa::Avx2) => unsafe { avx2::rows_q6k(w, nb, acts, n, out) },
+            (QuantType::Q4K, _) => scalar::rows(w, Q4K_BYTES, nb, acts, n, out, scalar::dot_q4k),
+            _ => scalar::rows(w, Q6K_BYTES, nb, acts, n, out, scalar::dot_q6k),
+        }
+    }
+}
+
+impl RowKernel<BlockQ8_32> for QMatrix {
+    fn rows_kernel(&self, w: &[u8], nb: usize, acts: &[BlockQ8_32], n: usize, out: &mut [f32]) {
+        match (self.ty, self.isa) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as in the Q8_K dispatch.
+            (QuantType::Q5_0, Isa::Avx2) => unsafe { avx2::rows_q50(w, nb, acts, n, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as in the Q8_K dispatch.
+            (QuantType::Q8_0, Isa::Avx2) => unsafe { avx2::rows_q80(w, nb, acts, n, out) },
+            (QuantType::Q5_0, _) => scalar::rows(w, Q50_BYTES, nb, acts, n, out, scalar::dot_q50),
+            _ => scalar::rows(w, Q80_BYTES, nb, acts, n, out, scalar::dot_q80),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,376 @@
+//! Kernels against the f64 reference (dequantized weights . dequantized activations), scalar
+//! against SIMD, and batch invariance for n = 1..=9 and beyond one tile.
+
+use super::*;
+use half::f16;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn f32(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+/// Random bytes with every f16 scale set to a finite value of realistic size.
+fn random_matrix(ty: QuantType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8> {
+    let bb = ty.block_bytes();
+    let blocks = rows * cols / ty.block_elems();
+    let mut data: Vec<u8> = (0..blocks * bb).map(|_| rng.next() as u8).collect();
+    for blk in data.chunks_exact_mut(bb) {
+        let mut put =
+            |at: usize, v: f32| blk[at..at + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes());
+        match ty {
+            QuantType::Q4K => {
+                put(0, 0.001 + 0.01 * rng.f32());
+                put(2, 0.001 + 0.01 * rng.f32());
+            }
+            QuantType::Q6K => put(208, 0.0005 + 0.002 * rng.f32()),
+            QuantType::Q5_0 | QuantType::Q8_0 => put(0, 0.001 + 0.02 * rng.f32()),
+        }
+    }
+    data
+}
+
+fn random_x(len: usize, rng: &mut Rng) -> Vec<f32> {
+    (0..len).map(|_| (rng.f32() - 0.5) * 4.0).collect()
+}
+
+/// The activations as the kernels see them: quantized per row, then dequantized.
+fn quantized_x(ty: QuantType, x: &[f32]) -> Vec<f32> {
+    match ty {
+        QuantType::Q4K | QuantType::Q6K => {
+            let mut b = vec![BlockQ8K::default(); x.len() / QK_K];
+            quantize_row_q8k(x, &mut b);
+            b.iter()
+                .flat_map(|b| b.qs.iter().map(move |&q| q as f32 * b.d))
+                .collect()
+        }
+        _ => {
+            let mut b = vec![BlockQ8_32::default(); x.len() / QK32];
+            quantize_row_q8_32(x, &mut b);
+            b.iter()
+                .flat_map(|b| b.qs.iter().map(move |&q| q as f32 * b.d))
+                .collect()
+        }
+    }
+}
+
+const TYPES: [QuantType; 4] = [
+    QuantType::Q4K,
+    QuantType::Q6K,
+    QuantType::Q5_0,
+    QuantType::Q8_0,
+];
+
+fn isas() -> Vec<Isa> {
+    [Isa::Scalar, Isa::Avx2]
+        .into_iter()
+        .filter(|i| i.is_supported())
+        .collect()
+}
+
+fn shapes(ty: QuantType) -> Vec<(usize, usize)> {
+    match ty {
+        // Row counts that are not multiples of anything; 3 and 7 blocks per row.
+        QuantType::Q4K | QuantType::Q6K => vec![(1, 256), (7, 768), (37, 1792), (130, 256)],
+        _ => vec![(1, 32), (5, 96), (37, 896), (130, 224)],
+    }
+}
+
+#[test]
+fn matmul_matches_f64_reference_for_every_type_isa_and_n() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for ty in TYPES {
+        for (rows, cols) in shapes(ty) {
+            let data = random_matrix(ty, rows, cols, &mut rng);
+            let m = QMatrix::new(ty, rows, cols, data).unwrap();
+            let w = m.dequantize();
+            for n in (1..=9).chain([17]) {
+                let x = random_x(n * cols, &mut rng);
+                let xq = quantized_x(ty, &x);
+                for isa in isas() {
+                    let m = m.clone().with_isa(isa).unwrap();
+                    let mut y = vec![0f32; n * rows];
+                    m.matmul(&x, n, &mut y).unwrap();
+                    for j in 0..n {
+                        for r in 0..rows {
+                            let (mut exact, mut scale) = (0f64, 0f64);
+                            for c in 0..cols {
+                                let p = w[r * cols + c] as f64 * xq[j * cols + c] as f64;
+                                exact += p;
+                                scale += p.abs();
+                            }
+                            let got = y[j * rows + r] as f64;
+                            assert!(
+                                (got - exact).abs() <= 1e-5 * scale + 1e-6,
+                                "{ty:?} {isa:?} {rows}x{cols} n={n} row {r} act {j}: {got} vs {exact}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn quantized_activations_are_close_to_the_floats() {
+    let mut rng = Rng(7);
+    let x = random_x(4 * QK_K, &mut rng);
+    for ty in TYPES {
+        let xq = quantized_x(ty, &x);
+        for block in x.chunks(ty.block_elems()).zip(xq.chunks(ty.block_elems())) {
+            let amax = block.0.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (a, b) in block.0.iter().zip(block.1) {
+                assert!((a - b).abs() <= amax / 127.0 * 0.5 + 1e-6);
+            }
+        }
+    }
+}
+
+#[test]
+fn every_row_is_bit_identical_to_a_one_row_call() {
+    let mut rng = Rng(42);
+    for ty in TYPES {
+        let (rows, cols) = shapes(ty)[2];
+        let m = QMatrix::new(ty, rows, cols, random_matrix(ty, rows, cols, &mut rng)).unwrap();
+        for isa in isas() {
+            let m = m.clone().with_isa(isa).unwrap();
+            for n in (1..=9).chain([16, 17, 40]) {
+                let x = random_x(n * cols, &mut rng);
+                let mut y = vec![0f32; n * rows];
+                m.matmul(&x, n, &mut y).unwrap();
+                for j in 0..n {
+                    let mut single = vec![0f32; rows];
+                    m.matmul(&x[j * cols..(j + 1) * cols], 1, &mut single)
+                        .unwrap();
+                    let got = &y[j * rows..(j + 1) * rows];
+                    assert!(
+                        got.iter()
+                            .zip(&single)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{ty:?} {isa:?} n={n}: row {j} differs from its one-row result"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn simd_agrees_with_scalar() {
+    if !Isa::Avx2.is_supported() {
+        return;
+    }
+    let mut rng = Rng(3);
+    for ty in TYPES {
+        for (rows, cols) in shapes(ty) {
+            let m = QMatrix::new(ty, rows, cols, random_matrix(ty, rows, cols, &mut rng)).unwrap();
+            let x = random_x(3 * cols, &mut rng);
+            let mut a = vec![0f32; 3 * rows];
+            let mut b = vec![0f32; 3 * rows];
+            m.clone()
+                .with_isa(Isa::Scalar)
+                .unwrap()
+                .matmul(&x, 3, &mut a)
+                .unwrap();
+            m.clone()
+                .with_isa(Isa::Avx2)
+                .unwrap()
+                .matmul(&x, 3, &mut b)
+                .unwrap();
+            for (p, q) in a.iter().zip(&b) {
+                assert!(
+                    (p - q).abs() <= 1e-4 * (1.0 + p.abs()),
+                    "{ty:?}: {p} vs {q}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn dequantize_matches_hand_decoded_blocks() {
+    // Q8_0: scale 0.5, quants 0..32 -> 0, 0.5, ..., 15.5.
+    let mut b = f16::from_f32(0.5).to_le_bytes().to_vec();
+    b.extend(0..32u8);
+    let mut out = [0f32; 32];
+    dequantize_q80(&b, &mut out);
+    assert_eq!(out[31], 15.5);
+    // Q5_0: scale 1, low nibbles 0, high bits set for odd elements -> (16 or 0) - 16.
+    let mut b = f16::from_f32(1.0).to_le_bytes().to_vec();
+    b.extend(0xaaaa_aaaau32.to_le_bytes());
+    b.extend([0u8; 16]);
+    dequantize_q50(&b, &mut out);
+    assert_eq!(&out[..4], &[-16.0, 0.0, -16.0, 0.0]);
+    // Q4_K: d 1, dmin 1, scale j = 1, min j = 2 for j < 4 (6-bit fields), quants all 0x21.
+    let mut b = f16::from_f32(1.0).to_le_bytes().to_vec();
+    b.extend(f16::from_f32(1.0).to_le_bytes());
+    b.extend([1, 1, 1, 1, 2, 2, 2, 2, 0, 0, 0, 0]);
+    b.extend([0x21u8; 128]);
+    let mut out = [0f32; 256];
+    dequantize_q4k(&b, &mut out);
+    assert_eq!((out[0], out[32]), (1.0 * 1.0 - 2.0, 1.0 * 2.0 - 2.0));
+    // Q6_K: all quants 32 + 1 (low 1, high bits 2), scales 3, d 0.25 -> 0.75.
+    let mut b = vec![0x11u8; 128];
+    b.extend([0xaau8; 64]);
+    b.extend([3u8; 16]);
+    b.extend(f16::from_f32(0.25).to_le_bytes());
+    dequantize_q6k(&b, &mut out);
+    assert!(out.iter().all(|&v| v == 0.75));
+}
+
+#[test]
+fn shape_errors_say_what_is_wrong() {
+    let e = QMatrix::new(QuantType::Q4K, 2, 100, vec![]).unwrap_err();
+    assert!(e.to_string().contains("multiple of 256"), "{e}");
+    let e = QMatrix::new(QuantType::Q8_0, 2, 32, vec![0; 10]).unwrap_err();
+    assert!(e.to_string().contains("needs 68 bytes"), "{e}");
+    let m = QMatrix::new(QuantType::Q8_0, 2, 32, vec![0; 68]).unwrap();
+    let e = m.matmul(&[0.0; 31], 1, &mut [0.0; 2]).unwrap_err();
+    assert!(matches!(e, KernelError::BadOperands { .. }), "{e}");
+}
+
+#[test]
+fn zero_and_non_finite_activations() {
+    let m = QMatrix::new(QuantType::Q8_0, 1, 32, {
+        let mut b = f16::from_f32(1.0).to_le_bytes().to_vec();
+        b.extend([1u8; 32]);
+        b
+    })
+    .unwrap();
+    let mut y = [1f32];
+    m.matmul(&[0.0; 32], 1, &mut y).unwrap();
+    assert_eq!(y[0], 0.0);
+    let mut x = [0.0f32; 32];
+    x[3] = f32::NAN;
+    m.matmul(&x, 1, &mut y).unwrap();
+    assert!(y[0].is_nan(), "a NaN activation must not vanish");
+}
+
+#[test]
+fn bf16_matmul_matches_reference_and_is_batch_invariant() {
+    let mut rng = Rng(11);
+    for (rows, cols) in [(1, 16), (7, 40), (37, 1536), (130, 100)] {
+        let data: Vec<half::bf16> = (0..rows * cols)
+            .map(|_| half::bf16::from_f32(rng.f32() - 0.5))
+            .collect();
+        let m = Bf16Matrix::new(rows, cols, data.clone()).unwrap();
+        for isa in isas() {
+            let m = m.clone().with_isa(isa).unwrap();
+            for n in (1..=9).chain([13]) {
+                let x = random_x(n * cols, &mut rng);
+                let mut y = vec![0f32; n * rows];
+                m.matmul(&x, n, &mut y).unwrap();
+                for j in 0..n {
+                    let mut single = vec![0f32; rows];
+                    m.matmul(&x[j * cols..(j + 1) * cols], 1, &mut single)
+                        .unwrap();
+                    for r in 0..rows {
+                        let (mut exact, mut scale) = (0f64, 0f64);
+                        for c in 0..cols {
+                            let p = data[r * cols + c].to_f64() * x[j * cols + c] as f64;
+                            exact += p;
+                            scale += p.abs();
+                        }
+                        let got = y[j * rows + r];
+                        assert!(
+                            (got as f64 - exact).abs() <= 1e-5 * scale + 1e-6,
+                            "{isa:?} {rows}x{cols} n={n}"
+                        );
+                        assert_eq!(
+                            got.to_bits(),
+                            single[r].to_bits(),
+                            "{isa:?} n={n} row {j} not batch-invariant"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    assert!(Bf16Matrix::new(2, 3, vec![half::bf16::ZERO; 5]).is_err());
+}
+
+#[test]
+fn attention_matches_naive_softmax_and_is_batch_invariant() {
+    let mut rng = Rng(5);
+    let (heads, kv_heads, hd, cap) = (4, 2, 8, 32);
+    let k = random_x(kv_heads * cap * hd, &mut rng);
+    let v = random_x(kv_heads * cap * hd, &mut rng);
+    let kv = |d| KvView {
+        data: d,
+        offset: 0,
+        head_stride: cap * hd,
+        pos_stride: hd,
+    };
+    for (pos, n) in [(0, 1), (5, 1), (5, 4), (10, 9)] {
+        let q = random_x(heads * n * hd, &mut rng);
+        let shape = AttentionShape {
+            n,
+            heads,
+            kv_heads,
+            head_dim: hd,
+            pos,
+        };
+        let mut out = vec![0f32; n * heads * hd];
+        causal_attention(&q, kv(&k), kv(&v), shape, 0.35, &mut out).unwrap();
+        for i in 0..n {
+            for h in 0..heads {
+                let kvh = h / (heads / kv_heads);
+                let qi = &q[(h * n + i) * hd..(h * n + i + 1) * hd];
+                let at = |base: &[f32], t: usize| base[kvh * cap * hd + t * hd..][..hd].to_vec();
+                let s: Vec<f64> = (0..=pos + i)
+                    .map(|t| {
+                        0.35 * qi
+                            .iter()
+                            .zip(at(&k, t))
+                            .map(|(a, b)| (a * b) as f64)
+                            .sum::<f64>()
+                    })
+                    .collect();
+                let m = s.iter().cloned().fold(f64::MIN, f64::max);
+                let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+                for d in 0..hd {
+                    let want: f64 = s
+                        .iter()
+                        .enumerate()
+                        .map(|(t, x)| (x - m).exp() / z * at(&v, t)[d] as f64)
+                        .sum();
+                    let got = out[i * heads * hd + h * hd + d] as f64;
+                    assert!(
+                        (got - want).abs() < 1e-4,
+                        "pos {pos} n {n} row {i} head {h}: {got} vs {want}"
+                    );
+                }
+            }
+            // The row alone (its query, same position) gives the same bits.
+            let qi: Vec<f32> = (0..heads)
+                .flat_map(|h| q[(h * n + i) * hd..(h * n + i + 1) * hd].to_vec())
+                .collect();
+            let one = AttentionShape {
+                n: 1,
+                pos: pos + i,
+                ..shape
+            };
+            let mut single = vec![0f32; heads * hd];
+            causal_attention(&qi, kv(&k), kv(&v), one, 0.35, &mut single).unwrap();
+            assert_eq!(single, out[i * heads * hd..(i + 1) * heads * hd].to_vec());
+        }
+    }
+    let shape = AttentionShape {
+        n: 1,
+        heads,
+        kv_heads,
+        head_dim: hd,
+        pos: cap,
+    };
+    let e = causal_attention(&[0.0; 32], kv(&k), kv(&v), shape, 1.0, &mut [0.0; 32]).unwrap_err();
+    assert!(matches!(e, KernelError::BadAttention(_)));
+}
