@@ -11,8 +11,9 @@
 //! - `synthetic/<prompt>/<mode>/{ttft,itl}` and `synthetic-forward-n/n=..`: a tiny random-weight
 //!   Qwen2-shaped model written to a temp dir (the draft is the same model: acceptance 1, the
 //!   upper bound of what speculation can gain).
-//! - `qwen/<short|long>/<plain|k2|k4|k6>/{ttft,itl}`: the real Qwen2.5-Coder 1.5B target with the
-//!   0.5B draft, on a short code prompt and a ~500-token prompt.
+//! - `qwen/<short|long>/<plain|k2|k4|k6|adaptive>/{ttft,itl}`: the real Qwen2.5-Coder 1.5B target
+//!   with the 0.5B draft (fixed k, or the default: n-gram then draft, adaptive k), on a short code
+//!   prompt and a ~500-token prompt.
 //! - `qwen-1.5b-forward-n/n=..`, `qwen-0.5b-forward-n/n=..`: one forward of n tokens after a
 //!   256-token context, the cost that decides whether speculation can pay.
 //!
@@ -205,6 +206,12 @@ fn real(c: &mut Criterion) {
             }
         }
     }
+    // The default configuration: n-gram, then the draft, adaptive draft length.
+    if let Ok(mut g) = build(&target, Some(&draft)) {
+        for (group, p) in prompts {
+            bench_latency(c, group, "adaptive", &mut g, p);
+        }
+    }
 }
 
 /// Whether the command-line filter can match benchmarks starting with `prefix` (so that a
@@ -223,7 +230,9 @@ fn c_wants(prefix: &str) -> bool {
 fn build(target: &Path, draft: Option<&Path>) -> Result<Generator, specula::Error> {
     let mut b = Generator::builder().model(ModelSource::gguf(target));
     if let Some(d) = draft {
-        b = b.draft(ModelSource::gguf(d));
+        b = b
+            .draft(ModelSource::gguf(d))
+            .ngram(specula::NgramProposer::default());
     }
     b.build().map_err(|e| {
         eprintln!("cannot load {}: {e}", target.display());

@@ -26,9 +26,13 @@ struct Args {
     /// A draft model for speculative decoding (same sources as --model; same tokenizer).
     #[arg(long)]
     draft: Option<String>,
-    /// Tokens drafted per speculative step.
-    #[arg(long, default_value_t = specula::DEFAULT_DRAFT_LEN)]
-    draft_len: usize,
+    /// Tokens drafted per speculative step (default: adaptive, chosen every step up to
+    /// specula::DEFAULT_MAX_DRAFT_LEN).
+    #[arg(long)]
+    draft_len: Option<usize>,
+    /// Also propose by prompt lookup (n-gram), tried before the draft model; alone without --draft.
+    #[arg(long)]
+    ngram: bool,
     /// The prompt (or the user message with --chat).
     #[arg(long, default_value = "def fibonacci(n):")]
     prompt: String,
@@ -115,9 +119,13 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         builder = builder.tokenizer(t);
     }
     if let Some(d) = &args.draft {
-        builder = builder
-            .draft(ModelSource::parse(d))
-            .draft_len(args.draft_len);
+        builder = builder.draft(ModelSource::parse(d));
+    }
+    if args.ngram {
+        builder = builder.ngram(specula::NgramProposer::default());
+    }
+    if let Some(k) = args.draft_len {
+        builder = builder.draft_len(k);
     }
     if let Some(d) = &args.dtype {
         builder = builder.dtype(match d.as_str() {
@@ -172,7 +180,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         println!();
         eprintln!("[{}] {}", out.finish_reason, out.metrics.summary());
         if let Some(s) = &out.speculation {
-            eprintln!("speculation (k = {}): {}", args.draft_len, s.summary());
+            let k = args
+                .draft_len
+                .map_or_else(|| "adaptive".to_string(), |k| k.to_string());
+            eprintln!("speculation (k = {k}): {}", s.summary());
         }
     }
     Ok(())

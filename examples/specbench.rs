@@ -26,6 +26,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 use specula::{
     AcceptanceStats, ChatMessage, GenerateParams, Generation, Generator, LatencyStats, ModelSource,
+    NgramProposer, DEFAULT_MAX_DRAFT_LEN,
 };
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -40,6 +41,10 @@ struct Args {
     /// Draft model (default: the 0.5B Qwen in the model cache).
     #[arg(long)]
     draft: Option<String>,
+    /// Target weight dtype: `bf16`, `f16` or `f32` dequantizes the target at load (the draft stays
+    /// quantized); default: keep the GGUF quantization.
+    #[arg(long)]
+    dtype: Option<String>,
     /// Spec-Bench question file.
     #[arg(long)]
     questions: Option<PathBuf>,
@@ -61,6 +66,14 @@ struct Args {
     /// Draft lengths to run; empty for plain only.
     #[arg(long, value_delimiter = ',', default_value = "4")]
     draft_lens: Vec<usize>,
+    /// Also run the n-gram (prompt lookup) proposer alone, with the adaptive draft length (mode
+    /// `ngram`).
+    #[arg(long)]
+    ngram: bool,
+    /// Also run the default product configuration (mode `adaptive`): n-gram first, then the draft
+    /// model, with the adaptive draft length.
+    #[arg(long)]
+    adaptive: bool,
     /// Skip plain decoding (no speedups or losslessness check then).
     #[arg(long)]
     no_plain: bool,
@@ -321,30 +334,64 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     for &k in &args.draft_lens {
         modes.push((format!("k{k}"), Some(k)));
     }
-    if modes.is_empty() {
-        return Err("nothing to run: --no-plain and no --draft-lens".into());
+    if args.ngram {
+        modes.push(("ngram".into(), Some(DEFAULT_MAX_DRAFT_LEN)));
     }
+    if args.adaptive {
+        modes.push(("adaptive".into(), Some(DEFAULT_MAX_DRAFT_LEN)));
+    }
+    if modes.is_empty() {
+        return Err("nothing to run: --no-plain and no --draft-lens, --ngram or --adaptive".into());
+    }
+    let dtype = match args.dtype.as_deref() {
+        None => None,
+        Some("bf16") => Some(candle_core::DType::BF16),
+        Some("f16") => Some(candle_core::DType::F16),
+        Some("f32") => Some(candle_core::DType::F32),
+        Some(other) => return Err(format!("unknown dtype `{other}`; use bf16, f16 or f32").into()),
+    };
+    let builder = || {
+        let b = Generator::builder().model(ModelSource::parse(&target));
+        match dtype {
+            Some(d) => b.dtype(d),
+            None => b,
+        }
+    };
     let mut plain = if args.no_plain {
         None
     } else {
-        Some(
-            Generator::builder()
-                .model(ModelSource::parse(&target))
-                .build()?,
-        )
+        Some(builder().build()?)
     };
     let mut spec = if args.draft_lens.is_empty() {
         None
     } else {
+        Some(builder().draft(ModelSource::parse(&draft)).build()?)
+    };
+    // Warm-up: candle repacks quantized weights on first use.
+    // The adaptive modes use the builder's defaults: adaptive draft length up to
+    // DEFAULT_MAX_DRAFT_LEN, n-gram first (then the draft model for `adaptive`).
+    let mut ngram_gen = if args.ngram {
+        Some(builder().ngram(NgramProposer::default()).build()?)
+    } else {
+        None
+    };
+    let mut adaptive_gen = if args.adaptive {
         Some(
-            Generator::builder()
-                .model(ModelSource::parse(&target))
+            builder()
+                .ngram(NgramProposer::default())
                 .draft(ModelSource::parse(&draft))
                 .build()?,
         )
+    } else {
+        None
     };
-    // Warm-up: candle repacks quantized weights on first use.
     let warm = GenerateParams::new(2);
+    for g in [ngram_gen.as_mut(), adaptive_gen.as_mut()]
+        .into_iter()
+        .flatten()
+    {
+        g.generate("def f(x):", &warm)?;
+    }
     if let Some(g) = plain.as_mut() {
         g.generate("def f(x):", &warm)?;
     }
@@ -377,12 +424,18 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
         let mut plain_turns: Option<Vec<String>> = None;
         for (mi, (name, k)) in modes.iter().enumerate() {
-            let a = match k {
-                None => match plain.as_mut() {
+            let own = match name.as_str() {
+                "ngram" => ngram_gen.as_mut(),
+                "adaptive" => adaptive_gen.as_mut(),
+                _ => None,
+            };
+            let a = match (own, k) {
+                (Some(g), _) => answer(g, q, turns, &params)?,
+                (None, None) => match plain.as_mut() {
                     Some(g) => answer(g, q, turns, &params)?,
                     None => continue,
                 },
-                Some(k) => match spec.as_mut() {
+                (None, Some(k)) => match spec.as_mut() {
                     Some(g) => {
                         g.set_draft_len(*k)?;
                         answer(g, q, turns, &params)?
@@ -487,12 +540,13 @@ fn report(
     rows.push(("overall".into(), overall));
 
     let mut md = format!(
-        "Spec-Bench run: {} questions, {} turn(s), {} new tokens per turn, {} threads\n\n",
+        "Spec-Bench run: {} questions, {} turn(s), {} new tokens per turn, {} threads, target weights {}\n\n",
         aggs.first()
             .map_or(0, |m| m.values().map(|a| a.speeds.len()).sum()),
         turns,
         args.max_tokens,
-        args.threads
+        args.threads,
+        args.dtype.as_deref().unwrap_or("as in the GGUF")
     );
     md.push_str("| category | n |");
     for (name, k) in modes {
@@ -593,6 +647,7 @@ fn report(
         "latency": latency,
         "max_tokens": args.max_tokens,
         "threads": args.threads,
+        "dtype": args.dtype,
         "turns": turns,
         "rows": json_rows,
         "differs": differs,

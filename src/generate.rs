@@ -8,7 +8,9 @@ use specula_core::{
     CausalLm, CoreError, FinishReason, GenerationMetrics, LogitsProcessor, LogitsSelection,
     SamplingParams, StopStringMatcher, TokenId,
 };
-use specula_draft::{DraftModel, Proposer};
+use specula_draft::{
+    AdaptiveConfig, AdaptiveK, DraftModel, FirstNonEmpty, NgramProposer, Proposer,
+};
 use specula_models::{ChatMessage, DeviceChoice, LoadOptions, ModelError, ModelSource, Tokenizer};
 use specula_verify::AcceptanceStats;
 use std::path::PathBuf;
@@ -107,6 +109,8 @@ pub struct GeneratorBuilder {
     progress: Option<Box<dyn FnMut(usize, usize)>>,
     draft: Option<ModelSource>,
     draft_len: Option<usize>,
+    ngram: Option<NgramProposer>,
+    draft_confidence: Option<f32>,
 }
 
 impl GeneratorBuilder {
@@ -116,7 +120,23 @@ impl GeneratorBuilder {
         self
     }
 
-    /// Tokens drafted per step (default [`DEFAULT_DRAFT_LEN`]).
+    /// Also (or, without a draft model, only) propose by prompt lookup: each step tries the
+    /// n-gram proposer first and falls back to the draft model when the context has no match.
+    pub fn ngram(mut self, ngram: NgramProposer) -> Self {
+        self.ngram = Some(ngram);
+        self
+    }
+
+    /// Stop a draft early once the draft model's confidence in its next token falls below `p`
+    /// (default [`DEFAULT_DRAFT_CONFIDENCE`] with the adaptive draft length, 0 with a fixed one).
+    pub fn draft_confidence(mut self, p: f32) -> Self {
+        self.draft_confidence = Some(p);
+        self
+    }
+
+    /// A fixed number of tokens drafted per step. Without it the draft length is adaptive
+    /// ([`AdaptiveK`], up to [`DEFAULT_MAX_DRAFT_LEN`]): chosen each step from measured costs and
+    /// acceptance, down to plain decoding when speculation would not pay.
     pub fn draft_len(mut self, k: usize) -> Self {
         self.draft_len = Some(k);
         self
@@ -179,6 +199,11 @@ impl GeneratorBuilder {
         let mut progress = self.progress.unwrap_or_else(|| Box::new(|_, _| {}));
         let loaded = specula_models::load_with_progress(&source, &opts, &mut *progress)?;
         let mut generator = Generator::new(loaded.model, loaded.tokenizer)?;
+        let adaptive = self.draft_len.is_none();
+        let mut proposers: Vec<Box<dyn Proposer>> = Vec::new();
+        if let Some(ng) = self.ngram {
+            proposers.push(Box::new(ng));
+        }
         if let Some(draft) = self.draft {
             // The draft keeps its weights as stored (quantized); only the target honours `dtype`.
             let draft_opts = LoadOptions {
@@ -189,17 +214,42 @@ impl GeneratorBuilder {
             let d = specula_models::load_with_progress(&draft, &draft_opts, &mut *progress)?;
             check_compatible(&generator.tokenizer, &d.tokenizer)?;
             let vocab = generator.model.vocab_size();
-            generator = generator.with_proposer(
-                Box::new(DraftModel::new(d.model, vocab)),
-                self.draft_len.unwrap_or(DEFAULT_DRAFT_LEN),
-            )?;
+            let confidence = self.draft_confidence.unwrap_or(if adaptive {
+                DEFAULT_DRAFT_CONFIDENCE
+            } else {
+                0.0
+            });
+            proposers.push(Box::new(
+                DraftModel::new(d.model, vocab).with_min_confidence(confidence),
+            ));
+        }
+        let proposer: Option<Box<dyn Proposer>> = match proposers.len() {
+            0 => None,
+            1 => proposers.pop(),
+            _ => Some(Box::new(FirstNonEmpty::new(proposers))),
+        };
+        if let Some(p) = proposer {
+            let k = self.draft_len.unwrap_or(DEFAULT_MAX_DRAFT_LEN);
+            generator = generator.with_proposer(p, k)?;
+            if adaptive {
+                generator.set_adaptive(Some(AdaptiveConfig {
+                    max_k: k,
+                    ..AdaptiveConfig::default()
+                }))?;
+            }
         }
         Ok(generator)
     }
 }
 
-/// Draft length used when none is given.
+/// Draft length of [`Generator::with_draft`]-style fixed speculation when none is given.
 pub const DEFAULT_DRAFT_LEN: usize = 4;
+
+/// Longest draft the adaptive draft length considers by default.
+pub const DEFAULT_MAX_DRAFT_LEN: usize = 6;
+
+/// Draft-model confidence below which an adaptive draft stops early.
+pub const DEFAULT_DRAFT_CONFIDENCE: f32 = 0.3;
 
 /// Largest draft length: a verification forward of `k + 1` rows must stay within the rows that
 /// the model computes batch-invariantly (`specula_models::BATCH_INVARIANT_MAX_ROWS`).
@@ -244,6 +294,7 @@ pub struct Generator {
     tokenizer: Tokenizer,
     proposer: Option<Box<dyn Proposer>>,
     draft_len: usize,
+    adaptive: Option<AdaptiveK>,
     stats: AcceptanceStats,
 }
 
@@ -276,6 +327,7 @@ impl Generator {
             tokenizer,
             proposer: None,
             draft_len: 0,
+            adaptive: None,
             stats: AcceptanceStats::default(),
         })
     }
@@ -298,11 +350,35 @@ impl Generator {
     pub fn without_speculation(mut self) -> Self {
         self.proposer = None;
         self.draft_len = 0;
+        self.adaptive = None;
         self
     }
 
-    /// Sets the draft length of an already configured proposer.
+    /// Chooses the draft length per step with [`AdaptiveK`] (`Some`, its `max_k` within
+    /// 1..=[`MAX_DRAFT_LEN`]), or drafts a fixed [`set_draft_len`](Self::set_draft_len) (`None`).
+    pub fn set_adaptive(&mut self, config: Option<AdaptiveConfig>) -> Result<()> {
+        match config {
+            Some(c) => {
+                self.set_max_draft_len(c.max_k)?;
+                self.adaptive = Some(AdaptiveK::new(c));
+            }
+            None => self.adaptive = None,
+        }
+        Ok(())
+    }
+
+    /// The adaptive controller, when the draft length is adaptive.
+    pub fn adaptive(&self) -> Option<&AdaptiveK> {
+        self.adaptive.as_ref()
+    }
+
+    /// Drafts a fixed `k` tokens per step with the configured proposer (turns adaptive off).
     pub fn set_draft_len(&mut self, k: usize) -> Result<()> {
+        self.adaptive = None;
+        self.set_max_draft_len(k)
+    }
+
+    fn set_max_draft_len(&mut self, k: usize) -> Result<()> {
         if k == 0 || k > MAX_DRAFT_LEN {
             return Err(CoreError::invalid(
                 "draft_len",
@@ -441,7 +517,11 @@ impl Generator {
             let last = history[history.len() - 1];
             // Never draft past what may still be emitted or what the context can hold.
             let remaining = params.max_new_tokens - out.tokens.len();
-            let k = self.draft_len.min(remaining - 1).min(room - 1);
+            let wanted = match self.adaptive.as_mut() {
+                Some(ctl) => ctl.choose(),
+                None => self.draft_len,
+            };
+            let k = wanted.min(remaining - 1).min(room - 1);
             batch = match (self.proposer.as_mut(), spec.as_mut()) {
                 (Some(proposer), Some(stats)) if k > 0 => {
                     let t0 = Instant::now();
@@ -456,9 +536,19 @@ impl Generator {
                         &mut sampler,
                     )?;
                     let verify_time = t1.elapsed();
-                    stats.record_step(proposal.tokens.len(), v.verdict.accepted);
-                    stats.draft_ms += (t1 - t0).as_secs_f64() * 1e3;
-                    stats.verify_ms += v.forward_time.as_secs_f64() * 1e3;
+                    let (drafted, accepted) = (proposal.tokens.len(), v.verdict.accepted);
+                    let draft_ms = (t1 - t0).as_secs_f64() * 1e3;
+                    let forward_ms = v.forward_time.as_secs_f64() * 1e3;
+                    if proposal.source.is_empty() {
+                        stats.record_step(drafted, accepted);
+                    } else {
+                        stats.record_step_by(&proposal.source, drafted, accepted);
+                    }
+                    if let Some(ctl) = self.adaptive.as_mut() {
+                        ctl.observe_step(drafted, accepted, draft_ms, forward_ms);
+                    }
+                    stats.draft_ms += draft_ms;
+                    stats.verify_ms += forward_ms;
                     stats.sampling_ms +=
                         verify_time.saturating_sub(v.forward_time).as_secs_f64() * 1e3;
                     let mut next = proposal.tokens[..v.verdict.accepted].to_vec();
@@ -466,7 +556,11 @@ impl Generator {
                     next
                 }
                 _ => {
+                    let t0 = Instant::now();
                     let logits = self.model.forward(&[last], LogitsSelection::Last)?;
+                    if let Some(ctl) = self.adaptive.as_mut() {
+                        ctl.observe_plain(t0.elapsed().as_secs_f64() * 1e3);
+                    }
                     let row: Vec<f32> = logits
                         .squeeze(0)
                         .map_err(CoreError::from)?

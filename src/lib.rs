@@ -26,10 +26,12 @@ mod generate;
 mod stream;
 
 pub use generate::{
-    check_compatible, GenerateParams, Generation, Generator, GeneratorBuilder, DEFAULT_DRAFT_LEN,
-    MAX_DRAFT_LEN,
+    check_compatible, GenerateParams, Generation, Generator, GeneratorBuilder,
+    DEFAULT_DRAFT_CONFIDENCE, DEFAULT_DRAFT_LEN, DEFAULT_MAX_DRAFT_LEN, MAX_DRAFT_LEN,
 };
-pub use specula_draft::{DraftModel, Proposal, Proposer};
+pub use specula_draft::{
+    AdaptiveConfig, AdaptiveK, DraftModel, FirstNonEmpty, NgramProposer, Proposal, Proposer,
+};
 pub use specula_verify::AcceptanceStats;
 pub use stream::TextStreamer;
 

@@ -6,7 +6,7 @@ mod common;
 
 use common::{synthetic_tokenizer, ScriptedLm, TableLm};
 use specula::{
-    CausalLm, FinishReason, GenerateParams, Generator, LlamaModel, LogitsProcessor,
+    CausalLm, DraftModel, FinishReason, GenerateParams, Generator, LlamaModel, LogitsProcessor,
     LogitsSelection, ModelSource, Proposal, Proposer, SamplingParams, TokenId,
 };
 use specula_models::synthetic::{SyntheticSpec, SyntheticTokenizer};
@@ -50,7 +50,7 @@ impl Proposer for Contrarian {
         }
         Ok(Proposal {
             tokens: vec![second.0; k.min(1)],
-            q: Vec::new(),
+            ..Proposal::default()
         })
     }
     fn name(&self) -> &str {
@@ -388,10 +388,194 @@ fn sampling_speculation_preserves_the_target_distribution() {
     }
 }
 
+/// The n-gram proposer (deterministic, one-hot q), a composition (n-gram, then a sampling draft
+/// model) and the adaptive draft length all keep the target's distribution when sampling.
+#[test]
+fn ngram_composed_and_adaptive_sampling_preserve_the_target_distribution() {
+    use specula::{AdaptiveConfig, FirstNonEmpty, NgramProposer};
+    let t = vec![
+        vec![1.0, 0.5, 0.0, -1.0, 0.3, 2.0],
+        vec![0.2, 1.5, 0.9, 0.1, -0.5, 0.0],
+        vec![2.0, 2.0, 0.0, 1.0, 0.5, -2.0],
+        vec![0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+        vec![-1.0, 3.0, 0.5, 0.5, 1.0, 0.2],
+        vec![0.7, 0.1, 1.9, -0.3, 0.0, 1.1],
+    ];
+    let dr = vec![
+        vec![3.0, 0.0, 0.0, 2.0, 0.3, 0.0],
+        t[1].clone(),
+        vec![0.0, 0.0, 0.0, 0.0, 0.0, 4.0],
+        vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0],
+        vec![1.0, 0.0, 0.5, 0.5, 1.0, 0.2],
+        vec![0.7, 0.1, 1.9, -0.3, 0.0, 1.1],
+    ];
+    let configs = [
+        SamplingParams {
+            temperature: 1.0,
+            ..Default::default()
+        },
+        SamplingParams {
+            temperature: 0.9,
+            min_p: 0.2,
+            repetition_penalty: 1.3,
+            ..Default::default()
+        },
+    ];
+    let tok = synthetic_tokenizer();
+    // The likely first tokens (0, 1) occur in the prompt, so the n-gram proposer proposes what
+    // followed them.
+    let prompt = [0 as TokenId, 1, 2];
+    let n = 30_000;
+    let ngram = || NgramProposer::new(1, 2, 4).unwrap();
+    for (ci, params) in configs.iter().enumerate() {
+        let exact = exact_pairs(&TableLm::new(t.clone(), 320), params, &prompt);
+        let target = || TableLm::new(t.clone(), 320);
+        let variants: Vec<(&str, Generator)> = vec![
+            (
+                "ngram",
+                Generator::new(target(), tok.clone())
+                    .unwrap()
+                    .with_proposer(Box::new(ngram()), 3)
+                    .unwrap(),
+            ),
+            (
+                "ngram+draft",
+                Generator::new(target(), tok.clone())
+                    .unwrap()
+                    .with_proposer(
+                        Box::new(FirstNonEmpty::new(vec![
+                            Box::new(ngram()),
+                            Box::new(DraftModel::new(TableLm::new(dr.clone(), 320), 320)),
+                        ])),
+                        2,
+                    )
+                    .unwrap(),
+            ),
+            ("adaptive", {
+                let mut g = Generator::new(target(), tok.clone())
+                    .unwrap()
+                    .with_draft(TableLm::new(dr.clone(), 320), 3)
+                    .unwrap();
+                g.set_adaptive(Some(AdaptiveConfig {
+                    max_k: 3,
+                    ..Default::default()
+                }))
+                .unwrap();
+                g
+            }),
+        ];
+        for (name, mut g) in variants {
+            let mut counts: HashMap<(TokenId, TokenId), usize> = HashMap::new();
+            for seed in 0..n {
+                let p = GenerateParams {
+                    ignore_eos: true,
+                    ..GenerateParams::new(3)
+                }
+                .sampling(SamplingParams {
+                    seed: seed as u64,
+                    ..params.clone()
+                });
+                let out = g.generate_from_ids(&prompt, &p, |_| {}).unwrap();
+                *counts.entry((out.tokens[0], out.tokens[1])).or_default() += 1;
+            }
+            let mut keys: Vec<_> = exact.keys().chain(counts.keys()).copied().collect();
+            keys.sort();
+            keys.dedup();
+            let tv: f64 = keys
+                .iter()
+                .map(|key| {
+                    let e = exact.get(key).copied().unwrap_or(0.0);
+                    let o = counts.get(key).copied().unwrap_or(0) as f64 / n as f64;
+                    (e - o).abs()
+                })
+                .sum::<f64>()
+                / 2.0;
+            assert!(tv < 0.02, "config {ci}, {name}: total variation {tv:.4}");
+            assert!(
+                counts.keys().all(|key| exact.contains_key(key)),
+                "{name}: impossible pair"
+            );
+            let st = g.stats();
+            assert!(
+                st.drafted > 0,
+                "{name}: nothing was drafted: {}",
+                st.summary()
+            );
+            if name == "ngram+draft" {
+                let names: Vec<&str> = st.per_proposer.iter().map(|(n, _)| n.as_str()).collect();
+                assert!(names.contains(&"ngram"), "{name}: {names:?}");
+            }
+        }
+    }
+}
+
+/// Greedy output with the n-gram proposer, a composition, and the adaptive draft length (with an
+/// early-stopping draft) is token-identical to plain decoding.
+#[test]
+fn ngram_composed_and_adaptive_greedy_are_token_identical() {
+    use specula::{AdaptiveConfig, FirstNonEmpty, NgramProposer};
+    let dir = tempfile::tempdir().unwrap();
+    let (target, tok) = model(&SyntheticSpec::tiny_qwen2(), &dir, "t.gguf");
+    let other = SyntheticSpec {
+        seed: 5,
+        num_layers: 1,
+        ..SyntheticSpec::tiny_qwen2()
+    };
+    let (draft, _) = model(&other, &dir, "d.gguf");
+    let prompts = [
+        "def hello",
+        "the world and the world and the",
+        "for x in self for x in",
+    ];
+    let mut plain = Generator::new(target.clone(), tok.clone()).unwrap();
+    let reference: Vec<_> = prompts
+        .iter()
+        .map(|p| plain.generate(p, &greedy(40)).unwrap())
+        .collect();
+    let vocab = target.vocab_size();
+    let build = |mode: &str| -> Generator {
+        let g = Generator::new(target.clone(), tok.clone()).unwrap();
+        let drafter = || Box::new(DraftModel::new(draft.clone(), vocab).with_min_confidence(0.2));
+        match mode {
+            "ngram" => g
+                .with_proposer(Box::new(NgramProposer::default()), 5)
+                .unwrap(),
+            "ngram+draft" => g
+                .with_proposer(
+                    Box::new(FirstNonEmpty::new(vec![
+                        Box::new(NgramProposer::default()),
+                        drafter(),
+                    ])),
+                    4,
+                )
+                .unwrap(),
+            _ => {
+                let mut g = g.with_proposer(drafter(), 6).unwrap();
+                g.set_adaptive(Some(AdaptiveConfig {
+                    max_k: 6,
+                    probe_every: 2,
+                    ..Default::default()
+                }))
+                .unwrap();
+                g
+            }
+        }
+    };
+    for mode in ["ngram", "ngram+draft", "adaptive"] {
+        let mut g = build(mode);
+        for (p, want) in prompts.iter().zip(&reference) {
+            let got = g.generate(p, &greedy(40)).unwrap();
+            assert_eq!(got.tokens, want.tokens, "{mode}, prompt {p:?}");
+            assert_eq!(got.text, want.text);
+            assert_eq!(got.step_tokens.iter().sum::<usize>(), 40);
+        }
+        assert!(g.stats().drafted > 0, "{mode}: {}", g.stats().summary());
+    }
+}
+
 mod rollback {
     use super::*;
     use proptest::prelude::*;
-    use specula::DraftModel;
 
     fn last_logits(m: &mut LlamaModel, history: &[TokenId]) -> Vec<f32> {
         // Logits after `history` given a cache that holds `history[..len-1]`, restoring the cache.

@@ -5,6 +5,14 @@
 //! one-hot). [`DraftModel`] is the draft-model runner: a small [`CausalLm`] with its own KV cache,
 //! which it rolls back to the longest prefix it shares with the new context (rejected drafts) and
 //! catches up with the tokens it has not seen (the target's correction or bonus token).
+//! [`NgramProposer`] proposes from the context itself (prompt lookup), [`FirstNonEmpty`] composes
+//! proposers, and [`AdaptiveK`] chooses the draft length per step from measured costs.
+
+mod adaptive;
+mod ngram;
+
+pub use adaptive::{AdaptiveConfig, AdaptiveK};
+pub use ngram::{FirstNonEmpty, NgramProposer};
 
 use specula_core::{
     CausalLm, CoreError, Distribution, LogitsProcessor, LogitsSelection, Result, Rng, TokenId,
@@ -18,6 +26,9 @@ pub struct Proposal {
     /// The distribution each token was sampled from; empty when the proposer is deterministic
     /// (greedy drafting, n-gram lookup), in which case `q` is one-hot on each token.
     pub q: Vec<Distribution>,
+    /// Name of the proposer that made the proposal, for per-proposer statistics (empty: the
+    /// configured proposer itself).
+    pub source: String,
 }
 
 /// Something that proposes the next tokens of a sequence.
@@ -45,6 +56,8 @@ pub struct DraftModel {
     rng: Rng,
     /// Ids at or above this are never proposed (the target has no embedding for them).
     max_token: usize,
+    /// Drafting stops once the draft's probability of its own next token falls below this.
+    min_confidence: f32,
 }
 
 impl std::fmt::Debug for DraftModel {
@@ -63,7 +76,16 @@ impl DraftModel {
             cached: Vec::new(),
             rng: Rng::new(0x5EED_D4AF),
             max_token: target_vocab,
+            min_confidence: 0.0,
         }
+    }
+
+    /// Stops a draft early once the draft model's probability of the token it would propose next
+    /// falls below `p` (0 = never; the first token is always proposed). Saves draft and
+    /// verification work on tokens likely to be rejected; never changes the output.
+    pub fn with_min_confidence(mut self, p: f32) -> Self {
+        self.min_confidence = p.clamp(0.0, 1.0);
+        self
     }
 
     /// Number of tokens in the draft's cache.
@@ -75,6 +97,15 @@ impl DraftModel {
     pub fn model(&self) -> &dyn CausalLm {
         &*self.model
     }
+}
+
+/// `softmax(logits)[token]`, computed stably.
+fn softmax_prob(logits: &[f32], token: TokenId) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
+    logits
+        .get(token as usize)
+        .map_or(0.0, |&l| (l - max).exp() / sum)
 }
 
 impl Proposer for DraftModel {
@@ -112,14 +143,25 @@ impl Proposer for DraftModel {
         let greedy = sampler.params().is_greedy();
         for i in 0..k {
             let row: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
-            let token = if greedy {
-                sampler.greedy_token(&row, &history)
+            let (token, confidence) = if greedy {
+                let t = sampler.greedy_token(&row, &history);
+                let c = if self.min_confidence > 0.0 && i > 0 {
+                    softmax_prob(&row, t)
+                } else {
+                    1.0
+                };
+                (t, c)
             } else {
                 let q = sampler.distribution(&row, &history);
                 let t = q.sample(&mut self.rng);
+                let c = q.prob(t);
                 out.q.push(q);
-                t
+                (t, c)
             };
+            if i > 0 && confidence < self.min_confidence {
+                out.q.truncate(out.tokens.len());
+                break;
+            }
             if token as usize >= self.max_token {
                 out.q.truncate(out.tokens.len());
                 break;

@@ -36,6 +36,9 @@ pub struct AcceptanceStats {
     pub verify_ms: f64,
     /// Time spent computing distributions and acceptance.
     pub sampling_ms: f64,
+    /// The same counts for each proposer of a composition (by name), when there are several.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub per_proposer: Vec<(String, AcceptanceStats)>,
 }
 
 impl AcceptanceStats {
@@ -72,6 +75,25 @@ impl AcceptanceStats {
             }
         }
         self.accept_length_histogram[accepted] += 1;
+    }
+
+    /// Records a step as [`record_step`](Self::record_step) does, and also under `source`'s own
+    /// counts in [`per_proposer`](Self::per_proposer).
+    pub fn record_step_by(&mut self, source: &str, k: usize, accepted: usize) {
+        self.record_step(k, accepted);
+        self.proposer_mut(source).record_step(k, accepted);
+    }
+
+    fn proposer_mut(&mut self, source: &str) -> &mut AcceptanceStats {
+        let idx = match self.per_proposer.iter().position(|(n, _)| n == source) {
+            Some(i) => i,
+            None => {
+                self.per_proposer
+                    .push((source.to_string(), AcceptanceStats::default()));
+                self.per_proposer.len() - 1
+            }
+        };
+        &mut self.per_proposer[idx].1
     }
 
     /// Accepted / drafted (0 when nothing was drafted).
@@ -124,6 +146,9 @@ impl AcceptanceStats {
         self.draft_ms += other.draft_ms;
         self.verify_ms += other.verify_ms;
         self.sampling_ms += other.sampling_ms;
+        for (name, st) in &other.per_proposer {
+            self.proposer_mut(name).merge(st);
+        }
     }
 
     /// One human-readable paragraph.
@@ -145,7 +170,18 @@ impl AcceptanceStats {
             self.draft_ms,
             self.verify_ms,
             self.sampling_ms
-        )
+        ) + &self
+            .per_proposer
+            .iter()
+            .map(|(n, st)| {
+                format!(
+                    "; {n}: {} steps, {} drafted, {:.1}% accepted",
+                    st.target_steps,
+                    st.drafted,
+                    st.acceptance_rate() * 100.0
+                )
+            })
+            .collect::<String>()
     }
 }
 
