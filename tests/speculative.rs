@@ -296,6 +296,25 @@ fn exact_pairs(
     out
 }
 
+/// Total variation between exact pair probabilities and the empirical frequencies of `n` draws.
+fn total_variation(
+    exact: &HashMap<(TokenId, TokenId), f64>,
+    counts: &HashMap<(TokenId, TokenId), usize>,
+    n: usize,
+) -> f64 {
+    let mut keys: Vec<_> = exact.keys().chain(counts.keys()).copied().collect();
+    keys.sort();
+    keys.dedup();
+    keys.iter()
+        .map(|key| {
+            let e = exact.get(key).copied().unwrap_or(0.0);
+            let o = counts.get(key).copied().unwrap_or(0) as f64 / n as f64;
+            (e - o).abs()
+        })
+        .sum::<f64>()
+        / 2.0
+}
+
 #[test]
 fn sampling_speculation_preserves_the_target_distribution() {
     // 6 live tokens; the draft disagrees with the target in structured ways: mass where the
@@ -364,18 +383,7 @@ fn sampling_speculation_preserves_the_target_distribution() {
                 let out = g.generate_from_ids(&prompt, &p, |_| {}).unwrap();
                 *counts.entry((out.tokens[0], out.tokens[1])).or_default() += 1;
             }
-            let mut keys: Vec<_> = exact.keys().chain(counts.keys()).copied().collect();
-            keys.sort();
-            keys.dedup();
-            let tv: f64 = keys
-                .iter()
-                .map(|key| {
-                    let e = exact.get(key).copied().unwrap_or(0.0);
-                    let o = counts.get(key).copied().unwrap_or(0) as f64 / n as f64;
-                    (e - o).abs()
-                })
-                .sum::<f64>()
-                / 2.0;
+            let tv = total_variation(&exact, &counts, n);
             // Sampling noise of the TV estimate here is about 0.01; a 2% bias in any token's
             // probability would push it past the bound.
             assert!(tv < 0.02, "config {ci}, k={k}: total variation {tv:.4}");
@@ -478,18 +486,7 @@ fn ngram_composed_and_adaptive_sampling_preserve_the_target_distribution() {
                 let out = g.generate_from_ids(&prompt, &p, |_| {}).unwrap();
                 *counts.entry((out.tokens[0], out.tokens[1])).or_default() += 1;
             }
-            let mut keys: Vec<_> = exact.keys().chain(counts.keys()).copied().collect();
-            keys.sort();
-            keys.dedup();
-            let tv: f64 = keys
-                .iter()
-                .map(|key| {
-                    let e = exact.get(key).copied().unwrap_or(0.0);
-                    let o = counts.get(key).copied().unwrap_or(0) as f64 / n as f64;
-                    (e - o).abs()
-                })
-                .sum::<f64>()
-                / 2.0;
+            let tv = total_variation(&exact, &counts, n);
             assert!(tv < 0.02, "config {ci}, {name}: total variation {tv:.4}");
             assert!(
                 counts.keys().all(|key| exact.contains_key(key)),

@@ -12,8 +12,9 @@ use std::arch::x86_64::*;
 /// Activation rows processed per pass over a weight row.
 pub(crate) const TILE: usize = 8;
 
+/// Horizontal sum of eight f32 lanes, in a fixed order.
 #[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
+pub(crate) unsafe fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_movehdup_ps(s));

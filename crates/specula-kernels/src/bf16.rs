@@ -39,10 +39,7 @@ impl Bf16Matrix {
 
     /// The same matrix on instruction set `isa`.
     pub fn with_isa(mut self, isa: Isa) -> Result<Self, KernelError> {
-        if !isa.is_supported() {
-            return Err(KernelError::Unsupported(isa));
-        }
-        self.isa = isa;
+        self.isa = isa.checked()?;
         Ok(self)
     }
 
@@ -53,17 +50,7 @@ impl Bf16Matrix {
 
     /// `y = x W^T` for `n` activation rows; row `j` of `y` depends only on row `j` of `x`.
     pub fn matmul(&self, x: &[f32], n: usize, y: &mut [f32]) -> Result<(), KernelError> {
-        if x.len() != n * self.cols || y.len() != n * self.rows {
-            return Err(KernelError::BadOperands {
-                rows: self.rows,
-                cols: self.cols,
-                n,
-                x_expected: n * self.cols,
-                x_got: x.len(),
-                y_expected: n * self.rows,
-                y_got: y.len(),
-            });
-        }
+        crate::check_operands(self.rows, self.cols, n, x, y)?;
         if n == 0 || self.rows == 0 {
             return Ok(());
         }
@@ -102,6 +89,7 @@ impl Bf16Matrix {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
+    use crate::avx2::hsum;
     use half::bf16;
     use std::arch::x86_64::*;
 
@@ -115,14 +103,6 @@ mod avx2 {
             _mm256_castsi256_ps(_mm256_slli_epi32(lo, 16)),
             _mm256_castsi256_ps(_mm256_slli_epi32(hi, 16)),
         )
-    }
-
-    #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        _mm_cvtss_f32(s)
     }
 
     /// `T` activation rows (starting at row `j0` of `x`) against one weight row.

@@ -176,6 +176,15 @@ impl Isa {
         }
     }
 
+    /// `self` if this CPU can run it, else [`KernelError::Unsupported`].
+    pub fn checked(self) -> Result<Isa, KernelError> {
+        if self.is_supported() {
+            Ok(self)
+        } else {
+            Err(KernelError::Unsupported(self))
+        }
+    }
+
     /// Whether this CPU can run `self`.
     pub fn is_supported(self) -> bool {
         match self {
@@ -268,10 +277,7 @@ impl QMatrix {
 
     /// The same matrix on instruction set `isa` (for tests and benchmarks).
     pub fn with_isa(mut self, isa: Isa) -> Result<Self, KernelError> {
-        if !isa.is_supported() {
-            return Err(KernelError::Unsupported(isa));
-        }
-        self.isa = isa;
+        self.isa = isa.checked()?;
         Ok(self)
     }
 
@@ -314,17 +320,7 @@ impl QMatrix {
     /// Row `j` of `y` depends only on row `j` of `x` (bit for bit), whatever `n` is. The work is
     /// split over weight rows on rayon's pool.
     pub fn matmul(&self, x: &[f32], n: usize, y: &mut [f32]) -> Result<(), KernelError> {
-        if x.len() != n * self.cols || y.len() != n * self.rows {
-            return Err(KernelError::BadOperands {
-                rows: self.rows,
-                cols: self.cols,
-                n,
-                x_expected: n * self.cols,
-                x_got: x.len(),
-                y_expected: n * self.rows,
-                y_got: y.len(),
-            });
-        }
+        check_operands(self.rows, self.cols, n, x, y)?;
         if n == 0 || self.rows == 0 {
             return Ok(());
         }
@@ -375,6 +371,28 @@ impl QMatrix {
             transpose_into(out_t, n, self.rows, y);
         });
     }
+}
+
+/// Checks that `x` holds `n` rows of `cols` and `y` `n` rows of `rows` floats.
+pub(crate) fn check_operands(
+    rows: usize,
+    cols: usize,
+    n: usize,
+    x: &[f32],
+    y: &[f32],
+) -> Result<(), KernelError> {
+    if x.len() != n * cols || y.len() != n * rows {
+        return Err(KernelError::BadOperands {
+            rows,
+            cols,
+            n,
+            x_expected: n * cols,
+            x_got: x.len(),
+            y_expected: n * rows,
+            y_got: y.len(),
+        });
+    }
+    Ok(())
 }
 
 /// Runs `f` on the thread's reusable `(rows, n)` output buffer of `len` floats.
