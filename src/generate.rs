@@ -545,7 +545,13 @@ impl Generator {
                         stats.record_step_by(&proposal.source, drafted, accepted);
                     }
                     if let Some(ctl) = self.adaptive.as_mut() {
-                        ctl.observe_step(drafted, accepted, draft_ms, forward_ms);
+                        ctl.observe_step_with_catch_up(
+                            drafted,
+                            accepted,
+                            draft_ms,
+                            forward_ms,
+                            proposal.catch_up,
+                        );
                     }
                     stats.draft_ms += draft_ms;
                     stats.verify_ms += forward_ms;

@@ -46,7 +46,7 @@ impl Default for AdaptiveConfig {
             max_k: 6,
             decay: 0.1,
             prior_acceptance: 0.6,
-            probe_every: 24,
+            probe_every: 64,
         }
     }
 }
@@ -177,6 +177,21 @@ impl AdaptiveK {
     /// Records a speculative step: `drafted` tokens proposed (taking `draft_ms`), `accepted` of
     /// them accepted, verified by a forward of `drafted + 1` tokens taking `verify_ms`.
     pub fn observe_step(&mut self, drafted: usize, accepted: usize, draft_ms: f64, verify_ms: f64) {
+        self.observe_step_with_catch_up(drafted, accepted, draft_ms, verify_ms, 0)
+    }
+
+    /// As [`observe_step`](Self::observe_step), for a proposal that first had to catch up on
+    /// `catch_up` context tokens ([`Proposal::catch_up`](crate::Proposal::catch_up)): such a
+    /// step's draft time is mostly one-off work (a prompt prefill, tokens skipped during plain
+    /// steps), so it does not update the per-token draft cost once that is known.
+    pub fn observe_step_with_catch_up(
+        &mut self,
+        drafted: usize,
+        accepted: usize,
+        draft_ms: f64,
+        verify_ms: f64,
+        catch_up: usize,
+    ) {
         let w = self.cfg.decay;
         for j in 0..drafted.min(self.accept.len()) {
             if j > accepted {
@@ -188,12 +203,11 @@ impl AdaptiveK {
         if let Some(slot) = self.verify_ms.get_mut(drafted) {
             *slot = Some(Self::blend(*slot, verify_ms, w.max(0.2)));
         }
-        if drafted > 0 {
-            self.draft_ms = Some(Self::blend(
-                self.draft_ms,
-                draft_ms / drafted as f64,
-                w.max(0.2),
-            ));
+        if drafted > 0 && (catch_up == 0 || self.draft_ms.is_none()) {
+            // Without any measurement yet, a catch-up step is still the best guess, spread over
+            // every token it processed.
+            let per_token = draft_ms / (drafted + catch_up) as f64;
+            self.draft_ms = Some(Self::blend(self.draft_ms, per_token, w.max(0.2)));
         }
     }
 
@@ -294,6 +308,26 @@ mod tests {
         assert_eq!(c.verify_cost(3), Some(300.0));
         assert_eq!(c.verify_cost(5), Some(300.0));
         assert_eq!(c.step_cost(2), Some(360.0));
+    }
+
+    #[test]
+    fn catch_up_work_stays_out_of_the_per_token_draft_cost() {
+        let mut c = AdaptiveK::new(AdaptiveConfig {
+            max_k: 4,
+            ..Default::default()
+        });
+        c.observe_plain(100.0);
+        c.observe_step(4, 4, 40.0, 130.0); // 10 ms per drafted token
+                                           // A 500-token catch-up inside the draft's next step must not make drafting look dearer.
+        c.observe_step_with_catch_up(4, 4, 2040.0, 130.0, 500);
+        assert_eq!(c.step_cost(4), Some(130.0 + 40.0));
+        // With nothing measured yet, the catch-up step is spread over all the tokens it processed.
+        let mut fresh = AdaptiveK::new(AdaptiveConfig {
+            max_k: 4,
+            ..Default::default()
+        });
+        fresh.observe_step_with_catch_up(2, 1, 1020.0, 130.0, 100);
+        assert_eq!(fresh.step_cost(2), Some(130.0 + 2.0 * 10.0));
     }
 
     #[test]

@@ -29,6 +29,10 @@ pub struct Proposal {
     /// Name of the proposer that made the proposal, for per-proposer statistics (empty: the
     /// configured proposer itself).
     pub source: String,
+    /// Context tokens the proposer had to process before drafting beyond the usual one or two
+    /// (a draft model catching up on a prompt or on steps it skipped). Cost models use it to keep
+    /// such one-off work out of the per-token draft cost.
+    pub catch_up: usize,
 }
 
 /// Something that proposes the next tokens of a sequence.
@@ -137,9 +141,14 @@ impl Proposer for DraftModel {
         let feed = &context[keep..];
         let mut logits = self.model.forward(feed, LogitsSelection::Last)?;
         self.cached.extend_from_slice(feed);
+        // After an accepted step the draft sees the target's token (and maybe its own last one).
+        let catch_up = feed.len().saturating_sub(2);
 
         let mut history = context.to_vec();
-        let mut out = Proposal::default();
+        let mut out = Proposal {
+            catch_up,
+            ..Proposal::default()
+        };
         let greedy = sampler.params().is_greedy();
         for i in 0..k {
             let row: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
