@@ -397,7 +397,8 @@ fn sampling_speculation_preserves_the_target_distribution() {
 }
 
 /// The n-gram proposer (deterministic, one-hot q), a composition (n-gram, then a sampling draft
-/// model) and the adaptive draft length all keep the target's distribution when sampling.
+/// model) and the adaptive draft length with the draft's early stop all keep the target's
+/// distribution when sampling.
 #[test]
 fn ngram_composed_and_adaptive_sampling_preserve_the_target_distribution() {
     use specula::{AdaptiveConfig, FirstNonEmpty, NgramProposer};
@@ -460,9 +461,12 @@ fn ngram_composed_and_adaptive_sampling_preserve_the_target_distribution() {
                     .unwrap(),
             ),
             ("adaptive", {
+                // With the draft's early stop on low confidence, as the builder's default sets it.
+                let drafter =
+                    DraftModel::new(TableLm::new(dr.clone(), 320), 320).with_min_confidence(0.4);
                 let mut g = Generator::new(target(), tok.clone())
                     .unwrap()
-                    .with_draft(TableLm::new(dr.clone(), 320), 3)
+                    .with_proposer(Box::new(drafter), 3)
                     .unwrap();
                 g.set_adaptive(Some(AdaptiveConfig {
                     max_k: 3,
