@@ -45,6 +45,10 @@ struct Args {
     /// quantized); default: keep the GGUF quantization.
     #[arg(long)]
     dtype: Option<String>,
+    /// Token ids the draft model scores (0 = its whole vocabulary; default: the library's
+    /// DEFAULT_DRAFT_VOCAB).
+    #[arg(long)]
+    draft_vocab: Option<usize>,
     /// Spec-Bench question file.
     #[arg(long)]
     questions: Option<PathBuf>,
@@ -351,7 +355,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         Some(other) => return Err(format!("unknown dtype `{other}`; use bf16, f16 or f32").into()),
     };
     let builder = || {
-        let b = Generator::builder().model(ModelSource::parse(&target));
+        let mut b = Generator::builder().model(ModelSource::parse(&target));
+        if let Some(n) = args.draft_vocab {
+            b = b.draft_vocab(n);
+        }
         match dtype {
             Some(d) => b.dtype(d),
             None => b,

@@ -27,10 +27,12 @@ mod stream;
 
 pub use generate::{
     check_compatible, GenerateParams, Generation, Generator, GeneratorBuilder,
-    DEFAULT_DRAFT_CONFIDENCE, DEFAULT_DRAFT_LEN, DEFAULT_MAX_DRAFT_LEN, MAX_DRAFT_LEN,
+    DEFAULT_DRAFT_CONFIDENCE, DEFAULT_DRAFT_LEN, DEFAULT_DRAFT_VOCAB, DEFAULT_MAX_DRAFT_LEN,
+    MAX_DRAFT_LEN,
 };
 pub use specula_draft::{
-    AdaptiveConfig, AdaptiveK, DraftModel, FirstNonEmpty, NgramProposer, Proposal, Proposer,
+    AdaptiveConfig, AdaptiveK, Candidate, DraftModel, FirstNonEmpty, NgramProposer, Proposal,
+    Proposer, ProposerCosts,
 };
 pub use specula_verify::AcceptanceStats;
 pub use stream::TextStreamer;

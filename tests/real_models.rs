@@ -393,6 +393,57 @@ fn real_pair_greedy_speculation_equals_plain() {
     assert!(stats.accepted > 0, "{}", stats.summary());
 }
 
+/// The builder's default speculation (n-gram lookup + the 0.5B draft, proposer and draft length
+/// chosen per step by the adaptive controller, draft early stop), and the same with the draft
+/// scoring only its first 32,768 ids, are token-identical to plain decoding on the real pair.
+#[test]
+fn real_pair_adaptive_default_equals_plain() {
+    let (Some(target), Some(draft)) = (real_model(QWEN_15B), real_model(QWEN_05B)) else {
+        return;
+    };
+    let mut plain = Generator::builder()
+        .model(ModelSource::gguf(&target))
+        .build()
+        .unwrap();
+    let build = |vocab: usize| {
+        Generator::builder()
+            .model(ModelSource::gguf(&target))
+            .draft(ModelSource::gguf(&draft))
+            .ngram(specula::NgramProposer::default())
+            .draft_vocab(vocab)
+            .build()
+            .unwrap()
+    };
+    let mut adaptive = build(0);
+    let mut limited = build(32_768);
+    assert!(adaptive.adaptive().is_some());
+    let mut prompts: Vec<String> =
+        spec_bench_prompts(&[("writing", 1), ("math", 1), ("summarization", 1)])
+            .into_iter()
+            .map(|(_, q)| {
+                plain
+                    .tokenizer()
+                    .apply_chat_template(&[ChatMessage::user(q)])
+                    .unwrap()
+            })
+            .collect();
+    prompts.push("def is_prime(n: int) -> bool:\n".into());
+    prompts.push("# Merge two sorted lists into one sorted list\ndef merge(a, b):\n".into());
+    let params = GenerateParams::new(96);
+    for p in &prompts {
+        let a = plain.generate(p, &params).unwrap();
+        for g in [&mut adaptive, &mut limited] {
+            let b = g.generate(p, &params).unwrap();
+            assert_eq!(a.tokens, b.tokens, "adaptive differs from plain on {p:?}");
+            assert_eq!(a.text, b.text);
+            assert_eq!(b.step_tokens.iter().sum::<usize>(), b.tokens.len());
+        }
+    }
+    let stats = adaptive.stats();
+    eprintln!("real pair, adaptive default: {}", stats.summary());
+    assert!(stats.accepted > 0, "{}", stats.summary());
+}
+
 /// Restricts `p` and `q` to the tokens either gives mass to (same mathematics, far cheaper to
 /// sample from than the 151,936-entry vocabulary); returns the compact pair and the token ids.
 fn compact(p: &Distribution, q: &Distribution) -> (Distribution, Distribution, Vec<TokenId>) {

@@ -460,6 +460,39 @@ fn ngram_composed_and_adaptive_sampling_preserve_the_target_distribution() {
                     )
                     .unwrap(),
             ),
+            ("vocab-limited draft", {
+                // A draft that scores only the first ids (the rest -inf, as
+                // `limit_output_vocab` makes them): q is zero past them.
+                let limited: Vec<Vec<f32>> = dr
+                    .iter()
+                    .map(|r| {
+                        let mut r = r.clone();
+                        r[4..].fill(f32::NEG_INFINITY);
+                        r
+                    })
+                    .collect();
+                Generator::new(target(), tok.clone())
+                    .unwrap()
+                    .with_proposer(
+                        Box::new(DraftModel::new(TableLm::new(limited, 320), 320)),
+                        3,
+                    )
+                    .unwrap()
+            }),
+            ("adaptive n-gram + draft", {
+                let drafter =
+                    DraftModel::new(TableLm::new(dr.clone(), 320), 320).with_min_confidence(0.4);
+                let mut g = Generator::new(target(), tok.clone())
+                    .unwrap()
+                    .with_proposers(vec![Box::new(ngram()), Box::new(drafter)], 3)
+                    .unwrap();
+                g.set_adaptive(Some(AdaptiveConfig {
+                    max_k: 3,
+                    ..Default::default()
+                }))
+                .unwrap();
+                g
+            }),
             ("adaptive", {
                 // With the draft's early stop on low confidence, as the builder's default sets it.
                 let drafter =
@@ -550,6 +583,18 @@ fn ngram_composed_and_adaptive_greedy_are_token_identical() {
                     4,
                 )
                 .unwrap(),
+            "adaptive ngram+draft" => {
+                let mut g = g
+                    .with_proposers(vec![Box::new(NgramProposer::default()), drafter()], 6)
+                    .unwrap();
+                g.set_adaptive(Some(AdaptiveConfig {
+                    max_k: 6,
+                    probe_every: 2,
+                    ..Default::default()
+                }))
+                .unwrap();
+                g
+            }
             _ => {
                 let mut g = g.with_proposer(drafter(), 6).unwrap();
                 g.set_adaptive(Some(AdaptiveConfig {
@@ -562,7 +607,7 @@ fn ngram_composed_and_adaptive_greedy_are_token_identical() {
             }
         }
     };
-    for mode in ["ngram", "ngram+draft", "adaptive"] {
+    for mode in ["ngram", "ngram+draft", "adaptive", "adaptive ngram+draft"] {
         let mut g = build(mode);
         for (p, want) in prompts.iter().zip(&reference) {
             let got = g.generate(p, &greedy(40)).unwrap();
@@ -672,8 +717,36 @@ fn greedy_speculation_is_token_identical_on_every_kernel_format() {
         let t = load_one(&base, &format!("t-{quant:?}.gguf"));
         let d = load_one(&draft_spec, &format!("d-{quant:?}.gguf"));
         let mut plain = Generator::new(t.model.clone(), t.tokenizer.clone()).unwrap();
+        // A draft scoring only the first 100 ids: those logits bit-identical to the full
+        // draft's, the rest -inf (the bf16 kernel cannot be sliced: no limit there).
+        let mut limited = d.model.clone();
+        assert_eq!(limited.limit_output_vocab(100), dtype.is_none());
+        if dtype.is_none() {
+            let rows = |m: &mut LlamaModel| {
+                m.reset();
+                m.forward(&[1, 2, 3], LogitsSelection::All)
+                    .unwrap()
+                    .to_vec2::<f32>()
+                    .unwrap()
+            };
+            let (full, part) = (rows(&mut d.model.clone()), rows(&mut limited));
+            for (f, p) in full.iter().zip(&part) {
+                assert_eq!(f[..100], p[..100], "{quant:?}: limited logits differ");
+                assert!(p[100..].iter().all(|&v| v == f32::NEG_INFINITY));
+            }
+            limited.reset();
+        }
         for k in 1..=6 {
-            for (name, draft) in [("random", d.model.clone()), ("identical", t.model.clone())] {
+            for (name, draft) in [
+                ("random", d.model.clone()),
+                ("identical", t.model.clone()),
+                ("vocab-limited identical", {
+                    let mut m = t.model.clone();
+                    m.limit_output_vocab(100);
+                    m
+                }),
+                ("vocab-limited random", limited.clone()),
+            ] {
                 let mut g = Generator::new(t.model.clone(), t.tokenizer.clone())
                     .unwrap()
                     .with_draft(draft, k)

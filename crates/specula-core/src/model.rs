@@ -54,6 +54,13 @@ pub trait CausalLm {
     fn max_seq_len(&self) -> usize;
     /// Device the model runs on.
     fn device(&self) -> &Device;
+    /// Computes logits only for token ids below `rows` (the others `-inf`) when the model can do
+    /// so more cheaply; returns whether it did. For draft models (a proposer's vocabulary may
+    /// be narrower than the target's without changing the output). Default: not supported.
+    fn limit_output_vocab(&mut self, rows: usize) -> bool {
+        let _ = rows;
+        false
+    }
 }
 
 impl<T: CausalLm + ?Sized> CausalLm for Box<T> {
@@ -77,5 +84,8 @@ impl<T: CausalLm + ?Sized> CausalLm for Box<T> {
     }
     fn device(&self) -> &Device {
         (**self).device()
+    }
+    fn limit_output_vocab(&mut self, rows: usize) -> bool {
+        (**self).limit_output_vocab(rows)
     }
 }

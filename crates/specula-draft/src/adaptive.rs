@@ -1,15 +1,25 @@
-//! Choosing the draft length each step so that speculation is never slower than plain decoding.
+//! Choosing the proposer and the draft length each step so that speculation is never slower
+//! than plain decoding.
 //!
 //! The expected number of tokens a step with `k` drafted tokens emits is
 //! `E(k) = 1 + sum_{i=1..k} prod_{j<=i} a_j`, where `a_j` is the probability that drafted position
-//! `j` is accepted given that every earlier one was (estimated online, exponentially weighted).
-//! Its cost is `T(k) = draft(k) + verify(k + 1)`, with `verify(n)` the measured time of a target
-//! forward of `n` tokens (`verify(1)` is a plain decode step) and `draft(k)` the measured draft
-//! cost per token times `k`. [`AdaptiveK::choose`] returns the `k` in `0..=max_k` that maximises
-//! `E(k) / T(k)`; `k = 0` is plain decoding, chosen when verification is expensive and acceptance
-//! low. Costs not measured yet are assumed equal to the nearest smaller measured one (optimism, so
-//! every length gets tried), and after `probe_every` plain steps in a row one short draft is tried
-//! to refresh the acceptance estimates.
+//! `j` is accepted given that every earlier one was (estimated online per proposer, exponentially
+//! weighted). Its cost is `T(k) = draft(k) + verify(k + 1)`, with `verify(n)` the measured time of
+//! a target forward of `n` tokens (`verify(1)` is a plain decode step; measured at start-up by
+//! the generator's calibration, then refined online) and `draft(k)` the proposer's measured cost
+//! per token times `k`. A proposer that must first catch up on context it has not seen (a draft
+//! model before its first step: the whole prompt; after plain steps: the tokens it skipped) also
+//! pays that one-off work, spread over the tokens still to generate.
+//!
+//! [`AdaptiveK::plan`] returns the proposer and `k` with the lowest expected time per emitted token,
+//! or `None` (plain decoding) when no draft beats a plain step: when verification is expensive,
+//! acceptance low, or a catch-up cannot pay for itself in the tokens left (a proposer that must
+//! catch up is engaged only when it is expected to be at least 10 % faster: the catch-up is
+//! certain, the gain an estimate). Before a proposer has
+//! been observed its acceptance is assumed equal to the target's recent confidence (the mean
+//! probability of its own greedy token), which predicts how well any cheaper model can guess the
+//! next token. After `probe_every` plain steps in a row one short draft is tried (only with a
+//! proposer whose catch-up costs less than a plain step) to refresh the estimates.
 //!
 //! The choice never affects what is emitted: greedy output stays token-identical and sampled
 //! output keeps the target's distribution (the acceptance rule is exact for every `k`).
@@ -34,7 +44,8 @@ pub struct AdaptiveConfig {
     pub max_k: usize,
     /// Weight of a new observation in the running estimates (0..1).
     pub decay: f64,
-    /// Acceptance probability assumed before any observation, per position.
+    /// Acceptance probability assumed per position before any observation of a proposer and of
+    /// the target's confidence.
     pub prior_acceptance: f64,
     /// After this many plain steps in a row, draft once to re-measure acceptance.
     pub probe_every: usize,
@@ -51,27 +62,59 @@ impl Default for AdaptiveConfig {
     }
 }
 
+/// One proposer the controller may draft with in the coming step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    /// The proposer's index (its statistics are kept per index).
+    pub source: usize,
+    /// The most tokens it can propose now (an n-gram proposer: the length of its match).
+    pub limit: usize,
+    /// Context tokens it must process before drafting ([`Proposer::pending`](crate::Proposer::pending)).
+    pub pending: usize,
+}
+
+/// Running estimates of one proposer.
+#[derive(Debug, Clone, Default)]
+struct Track {
+    /// `accept[j]`: P(position j accepted | positions < j accepted); empty until observed.
+    accept: Vec<f64>,
+    /// `seen_confidence[j]`: the target's running confidence when position `j` was observed
+    /// (same weighting as `accept[j]`); `accept[j] / seen_confidence[j]` is how this proposer's
+    /// acceptance scales with the predictability of the text.
+    seen_confidence: Vec<f64>,
+    /// Draft time per drafted token.
+    token_ms: Option<f64>,
+    /// Draft time per context token caught up on.
+    catch_up_ms: Option<f64>,
+}
+
+/// Catch-up work below this many tokens is part of every normal step (the target's correction or
+/// bonus token, and the draft's own last token).
+const ROUTINE_CATCH_UP: usize = 2;
+
+/// A proposer that must first catch up (a certain cost, against an estimated gain) is engaged
+/// only when it is expected to be this much faster per token than the alternatives.
+const CATCH_UP_MARGIN: f64 = 0.1;
+
 /// The draft-length controller (see the module docs).
 #[derive(Debug, Clone)]
 pub struct AdaptiveK {
     cfg: AdaptiveConfig,
-    /// `accept[j]`: P(position j accepted | positions < j accepted).
-    accept: Vec<f64>,
+    tracks: Vec<Track>,
     /// `verify_ms[n - 1]`: running time of a target forward of n tokens, once measured.
     verify_ms: Vec<Option<f64>>,
-    /// Running draft time per drafted token.
-    draft_ms: Option<f64>,
+    /// Running mean of the target's probability of its own greedy token.
+    confidence: Option<f64>,
     plain_streak: usize,
 }
 
 impl AdaptiveK {
     /// A controller with no measurements yet.
     pub fn new(cfg: AdaptiveConfig) -> Self {
-        let max_k = cfg.max_k;
         AdaptiveK {
-            accept: vec![cfg.prior_acceptance.clamp(0.0, 1.0); max_k],
-            verify_ms: vec![None; max_k + 1],
-            draft_ms: None,
+            tracks: vec![Track::default()],
+            verify_ms: vec![None; cfg.max_k + 1],
+            confidence: None,
             plain_streak: 0,
             cfg,
         }
@@ -82,26 +125,86 @@ impl AdaptiveK {
         &self.cfg
     }
 
-    /// Loads a calibration: `verify_ms[n - 1]` for forwards of `n = 1..` tokens, and the draft
-    /// cost per token.
+    fn track_mut(&mut self, source: usize) -> &mut Track {
+        if self.tracks.len() <= source {
+            self.tracks.resize_with(source + 1, Track::default);
+        }
+        &mut self.tracks[source]
+    }
+
+    /// Loads a calibration of proposer 0: `verify_ms[n - 1]` for forwards of `n = 1..` tokens,
+    /// and the draft cost per token.
     pub fn set_costs(&mut self, verify_ms: &[f64], draft_ms_per_token: f64) {
+        self.set_verify_costs(verify_ms);
+        self.track_mut(0).token_ms = Some(draft_ms_per_token);
+    }
+
+    /// Loads the target's verification curve: `verify_ms[n - 1]` for forwards of `n = 1..` tokens.
+    pub fn set_verify_costs(&mut self, verify_ms: &[f64]) {
         for (slot, &v) in self.verify_ms.iter_mut().zip(verify_ms) {
             *slot = Some(v);
         }
-        self.draft_ms = Some(draft_ms_per_token);
     }
 
-    /// Current acceptance estimates per draft position (conditional on the earlier ones).
-    pub fn acceptance(&self) -> &[f64] {
-        &self.accept
+    /// Loads a calibration of proposer `source`: its time per drafted token and per context token
+    /// caught up on.
+    pub fn set_source_costs(&mut self, source: usize, token_ms: f64, catch_up_ms: f64) {
+        let t = self.track_mut(source);
+        t.token_ms = Some(token_ms);
+        t.catch_up_ms = Some(catch_up_ms);
     }
 
-    /// Expected tokens emitted by a step drafting `k`.
+    /// The acceptance assumed for a proposer not observed yet.
+    fn prior(&self) -> f64 {
+        self.confidence
+            .unwrap_or(self.cfg.prior_acceptance)
+            .clamp(0.0, 1.0)
+    }
+
+    /// Current acceptance estimates of proposer 0 per draft position (conditional on the earlier
+    /// ones).
+    pub fn acceptance(&self) -> Vec<f64> {
+        self.acceptance_of(0)
+    }
+
+    /// Current acceptance estimates of proposer `source` per draft position: its observed
+    /// acceptance, scaled by the target's confidence now relative to when it was observed (text
+    /// the target finds predictable is predictable for proposers too); before any observation,
+    /// the target's confidence (or the configured prior).
+    pub fn acceptance_of(&self, source: usize) -> Vec<f64> {
+        (0..self.cfg.max_k)
+            .map(|j| self.position_acceptance(source, j))
+            .collect()
+    }
+
+    fn position_acceptance(&self, source: usize, j: usize) -> f64 {
+        let prior = self.prior();
+        let Some(t) = self.tracks.get(source) else {
+            return prior;
+        };
+        match (t.accept.get(j), t.seen_confidence.get(j), self.confidence) {
+            (Some(&a), Some(&seen), Some(now)) if seen > 1e-3 => (a * now / seen).clamp(0.0, 1.0),
+            (Some(&a), _, _) => a,
+            _ => prior,
+        }
+    }
+
+    /// The target's running confidence (mean probability of its greedy token), once observed.
+    pub fn confidence(&self) -> Option<f64> {
+        self.confidence
+    }
+
+    /// Expected tokens emitted by a step drafting `k` with proposer 0.
     pub fn expected_tokens(&self, k: usize) -> f64 {
+        self.expected_tokens_of(0, k)
+    }
+
+    /// Expected tokens emitted by a step drafting `k` with proposer `source`.
+    pub fn expected_tokens_of(&self, source: usize, k: usize) -> f64 {
         let mut reach = 1.0;
         let mut e = 1.0;
-        for a in self.accept.iter().take(k) {
-            reach *= a;
+        for j in 0..k {
+            reach *= self.position_acceptance(source, j);
             e += reach;
         }
         e
@@ -124,47 +227,97 @@ impl AdaptiveK {
             .copied()
     }
 
-    /// Estimated time of a step drafting `k` (`None` before any measurement).
+    /// Estimated time of a step drafting `k` with proposer 0 (`None` before any measurement).
     pub fn step_cost(&self, k: usize) -> Option<f64> {
-        let verify = self.verify_cost(k + 1)?;
-        let draft = if k == 0 {
-            0.0
-        } else {
-            self.draft_ms.unwrap_or(0.0) * k as f64
-        };
-        Some(verify + draft)
+        self.step_cost_of(0, k)
     }
 
-    /// The draft length for the next step, in `0..=max_k`.
+    /// Estimated time of a step drafting `k` with proposer `source` (`None` before any
+    /// measurement of the target); an unmeasured draft cost counts as free (optimism: it gets
+    /// tried, and measured).
+    pub fn step_cost_of(&self, source: usize, k: usize) -> Option<f64> {
+        let verify = self.verify_cost(k + 1)?;
+        let per_token = self
+            .tracks
+            .get(source)
+            .and_then(|t| t.token_ms)
+            .unwrap_or(0.0);
+        Some(verify + per_token * k as f64)
+    }
+
+    /// Estimated one-off time for proposer `source` to catch up on `pending` context tokens.
+    pub fn catch_up_cost(&self, source: usize, pending: usize) -> f64 {
+        let extra = pending.saturating_sub(ROUTINE_CATCH_UP) as f64;
+        let t = self.tracks.get(source);
+        let per = t
+            .and_then(|t| t.catch_up_ms)
+            .or_else(|| t.and_then(|t| t.token_ms))
+            .unwrap_or(0.0);
+        extra * per
+    }
+
+    /// The draft length for the next step with proposer 0 alone, in `0..=max_k`.
     pub fn choose(&mut self) -> usize {
-        if self.cfg.max_k == 0 {
-            return 0;
-        }
-        // Nothing measured yet: start with a short draft (it measures both costs).
-        let best = if self.verify_cost(1).is_none() {
-            self.cfg.max_k.min(2)
-        } else {
-            let mut best = (0, 0.0);
-            for k in 0..=self.cfg.max_k {
-                if let Some(t) = self.step_cost(k).filter(|t| *t > 0.0) {
-                    let rate = self.expected_tokens(k) / t;
-                    if rate > best.1 * (1.0 + 1e-9) {
-                        best = (k, rate);
-                    }
+        let all = Candidate {
+            source: 0,
+            limit: self.cfg.max_k,
+            pending: 0,
+        };
+        self.plan(&[all], usize::MAX).map_or(0, |(_, k)| k)
+    }
+
+    /// Chooses the proposer and draft length for the next step among `candidates`, with
+    /// `remaining` tokens left to generate (over which a catch-up is spread): `Some((source, k))`
+    /// with `1 <= k <= limit`, or `None` for a plain decoding step.
+    pub fn plan(&mut self, candidates: &[Candidate], remaining: usize) -> Option<(usize, usize)> {
+        let usable = |c: &&Candidate| c.limit.min(self.cfg.max_k) > 0;
+        let Some(plain) = self.verify_cost(1) else {
+            // Nothing measured yet: a short draft measures both costs.
+            return candidates
+                .iter()
+                .find(usable)
+                .map(|c| (c.source, c.limit.min(self.cfg.max_k).min(2)));
+        };
+        let spread = remaining.max(1) as f64;
+        let mut best: Option<(usize, usize)> = None;
+        let mut best_ms = plain * (1.0 - 1e-9);
+        for c in candidates.iter().filter(usable) {
+            let catch_up = self.catch_up_cost(c.source, c.pending) / spread;
+            let margin = if catch_up > 0.0 {
+                1.0 + CATCH_UP_MARGIN
+            } else {
+                1.0
+            };
+            for k in 1..=c.limit.min(self.cfg.max_k) {
+                let Some(t) = self.step_cost_of(c.source, k) else {
+                    continue;
+                };
+                let ms = (t / self.expected_tokens_of(c.source, k) + catch_up) * margin;
+                if ms < best_ms {
+                    best = Some((c.source, k));
+                    best_ms = ms;
                 }
             }
-            best.0
-        };
-        if best == 0 {
-            self.plain_streak += 1;
-            if self.plain_streak > self.cfg.probe_every {
-                self.plain_streak = 0;
-                return 1;
-            }
-        } else {
-            self.plain_streak = 0;
         }
-        best
+        if best.is_some() {
+            self.plain_streak = 0;
+            return best;
+        }
+        self.plain_streak += 1;
+        if self.plain_streak > self.cfg.probe_every {
+            // Probe with the proposer whose catch-up is cheapest, if it costs less than a step.
+            let probe = candidates
+                .iter()
+                .filter(usable)
+                .map(|c| (c.source, self.catch_up_cost(c.source, c.pending)))
+                .filter(|&(_, cost)| cost <= plain)
+                .min_by(|a, b| a.1.total_cmp(&b.1));
+            if let Some((source, _)) = probe {
+                self.plain_streak = 0;
+                return Some((source, 1));
+            }
+        }
+        None
     }
 
     fn blend(old: Option<f64>, new: f64, w: f64) -> f64 {
@@ -174,8 +327,9 @@ impl AdaptiveK {
         }
     }
 
-    /// Records a speculative step: `drafted` tokens proposed (taking `draft_ms`), `accepted` of
-    /// them accepted, verified by a forward of `drafted + 1` tokens taking `verify_ms`.
+    /// Records a speculative step of proposer 0: `drafted` tokens proposed (taking `draft_ms`),
+    /// `accepted` of them accepted, verified by a forward of `drafted + 1` tokens taking
+    /// `verify_ms`.
     pub fn observe_step(&mut self, drafted: usize, accepted: usize, draft_ms: f64, verify_ms: f64) {
         self.observe_step_with_catch_up(drafted, accepted, draft_ms, verify_ms, 0)
     }
@@ -192,22 +346,54 @@ impl AdaptiveK {
         verify_ms: f64,
         catch_up: usize,
     ) {
+        self.observe_source(0, drafted, accepted, draft_ms, verify_ms, catch_up)
+    }
+
+    /// As [`observe_step_with_catch_up`](Self::observe_step_with_catch_up), for proposer
+    /// `source`. With the per-token cost known, a catch-up step measures the catch-up cost.
+    pub fn observe_source(
+        &mut self,
+        source: usize,
+        drafted: usize,
+        accepted: usize,
+        draft_ms: f64,
+        verify_ms: f64,
+        catch_up: usize,
+    ) {
         let w = self.cfg.decay;
-        for j in 0..drafted.min(self.accept.len()) {
+        let prior = self.prior();
+        let now = self.confidence.unwrap_or(prior);
+        let max_k = self.cfg.max_k;
+        let t = self.track_mut(source);
+        if t.accept.is_empty() && drafted > 0 {
+            t.accept = vec![prior; max_k];
+            t.seen_confidence = vec![now; max_k];
+        }
+        for j in 0..drafted.min(t.accept.len()) {
             if j > accepted {
                 break; // never reached: an earlier position was rejected
             }
             let hit = if j < accepted { 1.0 } else { 0.0 };
-            self.accept[j] += w * (hit - self.accept[j]);
+            t.accept[j] += w * (hit - t.accept[j]);
+            t.seen_confidence[j] += w * (now - t.seen_confidence[j]);
+        }
+        let wc = w.max(0.2);
+        if drafted > 0 {
+            match t.token_ms {
+                Some(per) if catch_up > 0 => {
+                    let rest = (draft_ms - per * drafted as f64).max(0.0) / catch_up as f64;
+                    t.catch_up_ms = Some(Self::blend(t.catch_up_ms, rest, wc));
+                }
+                _ => {
+                    // Without any measurement yet, a catch-up step is still the best guess,
+                    // spread over every token it processed.
+                    let per_token = draft_ms / (drafted + catch_up) as f64;
+                    t.token_ms = Some(Self::blend(t.token_ms, per_token, wc));
+                }
+            }
         }
         if let Some(slot) = self.verify_ms.get_mut(drafted) {
-            *slot = Some(Self::blend(*slot, verify_ms, w.max(0.2)));
-        }
-        if drafted > 0 && (catch_up == 0 || self.draft_ms.is_none()) {
-            // Without any measurement yet, a catch-up step is still the best guess, spread over
-            // every token it processed.
-            let per_token = draft_ms / (drafted + catch_up) as f64;
-            self.draft_ms = Some(Self::blend(self.draft_ms, per_token, w.max(0.2)));
+            *slot = Some(Self::blend(*slot, verify_ms, wc));
         }
     }
 
@@ -215,6 +401,15 @@ impl AdaptiveK {
     pub fn observe_plain(&mut self, ms: f64) {
         let w = self.cfg.decay.max(0.2);
         self.verify_ms[0] = Some(Self::blend(self.verify_ms[0], ms, w));
+    }
+
+    /// Records the target's probability of its own greedy token at one position (the prior for
+    /// proposers not observed yet).
+    pub fn observe_confidence(&mut self, p: f64) {
+        if p.is_finite() {
+            let p = p.clamp(0.0, 1.0);
+            self.confidence = Some(Self::blend(self.confidence, p, self.cfg.decay));
+        }
     }
 }
 
@@ -341,5 +536,110 @@ mod tests {
         assert!((c.expected_tokens(3) - (1.0 + 0.5 + 0.25 + 0.125)).abs() < 1e-12);
         c.observe_step(3, 3, 1.0, 1.0);
         assert!(c.acceptance().iter().all(|&a| a > 0.5));
+    }
+
+    fn draft(source: usize, pending: usize) -> Candidate {
+        Candidate {
+            source,
+            limit: 4,
+            pending,
+        }
+    }
+
+    #[test]
+    fn a_catch_up_that_cannot_pay_for_itself_means_plain_decoding() {
+        let mut c = AdaptiveK::new(AdaptiveConfig {
+            max_k: 4,
+            ..Default::default()
+        });
+        c.set_verify_costs(&curve(100.0, 10.0, 5));
+        c.set_source_costs(0, 20.0, 5.0);
+        for _ in 0..30 {
+            c.observe_confidence(0.95);
+        }
+        // A 1000-token prompt to prefill (5 s) with 10 tokens left: not worth it.
+        assert_eq!(c.plan(&[draft(0, 1000)], 10), None);
+        // With 10,000 tokens to go it is; and once caught up, drafting is clearly better.
+        assert!(matches!(c.plan(&[draft(0, 1000)], 10_000), Some((0, k)) if k >= 2));
+        assert!(matches!(c.plan(&[draft(0, 1)], 10), Some((0, k)) if k >= 2));
+    }
+
+    #[test]
+    fn unobserved_proposers_follow_the_target_confidence() {
+        let mut c = AdaptiveK::new(AdaptiveConfig {
+            max_k: 4,
+            ..Default::default()
+        });
+        // A draft costing 40 % of a target step, verification 15 % per extra row.
+        c.set_verify_costs(&curve(100.0, 15.0, 5));
+        c.set_source_costs(0, 40.0, 5.0);
+        for _ in 0..40 {
+            c.observe_confidence(0.95);
+        }
+        assert!(
+            c.plan(&[draft(0, 1)], 100).is_some(),
+            "predictable text: draft"
+        );
+        for _ in 0..40 {
+            c.observe_confidence(0.4);
+        }
+        assert_eq!(
+            c.plan(&[draft(0, 1)], 100),
+            None,
+            "unpredictable text: plain"
+        );
+    }
+
+    #[test]
+    fn observed_acceptance_scales_with_the_target_confidence() {
+        let mut c = AdaptiveK::new(AdaptiveConfig {
+            max_k: 2,
+            decay: 0.5,
+            ..Default::default()
+        });
+        for _ in 0..40 {
+            c.observe_confidence(0.8);
+            c.observe_source(1, 2, 1, 10.0, 100.0, 0);
+        }
+        let a = c.acceptance_of(1);
+        assert!((a[0] - 1.0).abs() < 1e-6 && a[1] < 1e-6, "{a:?}");
+        for _ in 0..60 {
+            c.observe_confidence(0.4);
+        }
+        let a = c.acceptance_of(1);
+        assert!(
+            (a[0] - 0.5).abs() < 1e-3,
+            "halved with the confidence: {a:?}"
+        );
+        // Proposer 0 was never observed: the confidence itself.
+        assert!((c.acceptance_of(0)[0] - 0.4).abs() < 1e-3);
+    }
+
+    #[test]
+    fn the_proposer_with_the_best_expected_rate_wins() {
+        let mut c = AdaptiveK::new(AdaptiveConfig {
+            max_k: 4,
+            ..Default::default()
+        });
+        c.set_verify_costs(&curve(100.0, 10.0, 5));
+        c.set_source_costs(0, 0.0, 0.0); // a free lookup
+        c.set_source_costs(1, 30.0, 5.0); // a draft model
+        for _ in 0..40 {
+            c.observe_source(0, 4, 0, 0.0, 150.0, 0); // the lookup is always wrong
+            c.observe_source(1, 4, 4, 120.0, 150.0, 0); // the draft always right
+        }
+        let lookup = Candidate {
+            source: 0,
+            limit: 3,
+            pending: 0,
+        };
+        assert!(matches!(c.plan(&[lookup, draft(1, 1)], 100), Some((1, _))));
+        for _ in 0..60 {
+            c.observe_source(0, 4, 4, 0.0, 150.0, 0);
+        }
+        assert!(matches!(c.plan(&[lookup, draft(1, 1)], 100), Some((0, 3))));
+        // An empty lookup (no match) is never chosen.
+        let none = Candidate { limit: 0, ..lookup };
+        assert!(matches!(c.plan(&[none, draft(1, 1)], 100), Some((1, _))));
     }
 }

@@ -11,7 +11,7 @@
 mod adaptive;
 mod ngram;
 
-pub use adaptive::{AdaptiveConfig, AdaptiveK};
+pub use adaptive::{AdaptiveConfig, AdaptiveK, Candidate};
 pub use ngram::{FirstNonEmpty, NgramProposer};
 
 use specula_core::{
@@ -50,6 +50,33 @@ pub trait Proposer: Send {
     fn name(&self) -> &str;
     /// Forgets all state (called at the start of every request).
     fn reset(&mut self);
+    /// Context tokens this proposer would have to process before drafting after `context` (a
+    /// draft model: those not in its cache). The adaptive controller weighs that catch-up
+    /// against what drafting would save. Default: 0.
+    fn pending(&self, context: &[TokenId]) -> usize {
+        let _ = context;
+        0
+    }
+    /// True when proposing costs next to nothing (a lookup, no model), so that the adaptive
+    /// controller may ask for a proposal first and then decide how much of it to verify.
+    /// Default: false.
+    fn is_cheap(&self) -> bool {
+        false
+    }
+    /// Measures this proposer's costs once (called by the generator before its first adaptive
+    /// request); state is reset afterwards. Default: nothing to measure.
+    fn calibrate(&mut self) -> Result<Option<ProposerCosts>> {
+        Ok(None)
+    }
+}
+
+/// Measured costs of a proposer ([`Proposer::calibrate`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProposerCosts {
+    /// Milliseconds per drafted token.
+    pub token_ms: f64,
+    /// Milliseconds per context token caught up on (a batched prefill).
+    pub catch_up_ms: f64,
 }
 
 /// The draft-model runner.
@@ -62,6 +89,8 @@ pub struct DraftModel {
     max_token: usize,
     /// Drafting stops once the draft's probability of its own next token falls below this.
     min_confidence: f32,
+    /// Logits computed only for ids below this ([`DraftModel::with_vocab_limit`]).
+    vocab_limit: Option<usize>,
 }
 
 impl std::fmt::Debug for DraftModel {
@@ -81,6 +110,7 @@ impl DraftModel {
             rng: Rng::new(0x5EED_D4AF),
             max_token: target_vocab,
             min_confidence: 0.0,
+            vocab_limit: None,
         }
     }
 
@@ -90,6 +120,21 @@ impl DraftModel {
     pub fn with_min_confidence(mut self, p: f32) -> Self {
         self.min_confidence = p.clamp(0.0, 1.0);
         self
+    }
+
+    /// Lets the draft model compute logits only for the first `rows` token ids
+    /// ([`CausalLm::limit_output_vocab`]): in BPE vocabularies those are the frequent tokens, and
+    /// a small model's output projection is a large share of its per-token cost. Rarer tokens are
+    /// then never proposed (the target still emits them: the output never changes). Without
+    /// support in the model this does nothing; [`vocab_limit`](Self::vocab_limit) tells.
+    pub fn with_vocab_limit(mut self, rows: usize) -> Self {
+        self.vocab_limit = self.model.limit_output_vocab(rows).then_some(rows);
+        self
+    }
+
+    /// The output vocabulary limit in effect, if any.
+    pub fn vocab_limit(&self) -> Option<usize> {
+        self.vocab_limit.filter(|&r| r < self.model.vocab_size())
     }
 
     /// Number of tokens in the draft's cache.
@@ -192,5 +237,49 @@ impl Proposer for DraftModel {
     fn reset(&mut self) {
         self.model.reset();
         self.cached.clear();
+    }
+
+    fn pending(&self, context: &[TokenId]) -> usize {
+        let shared = self
+            .cached
+            .iter()
+            .zip(context)
+            .take_while(|(a, b)| a == b)
+            .count();
+        context.len() - shared.min(context.len().saturating_sub(1))
+    }
+
+    fn calibrate(&mut self) -> Result<Option<ProposerCosts>> {
+        const PREFILL: usize = 32;
+        let vocab = self.max_token.min(self.model.vocab_size()).max(1);
+        let tokens: Vec<TokenId> = (0..PREFILL).map(|i| (i % vocab) as TokenId).collect();
+        if self.model.max_seq_len() < PREFILL + 2 {
+            return Ok(None);
+        }
+        self.reset();
+        // Warm up (first touches of the weights), then time one prefill and single-token steps.
+        self.model.forward(&tokens[..2], LogitsSelection::Last)?;
+        self.model.reset();
+        let t0 = std::time::Instant::now();
+        self.model.forward(&tokens, LogitsSelection::Last)?;
+        let prefill = t0.elapsed().as_secs_f64() * 1e3;
+        // A drafting step as in `propose`: the first forward usually feeds two tokens (the
+        // target's correction and the draft's own last one), and each row is read back.
+        let mut token_ms = f64::INFINITY;
+        for pair in tokens[..4].chunks(2) {
+            let t0 = std::time::Instant::now();
+            let row: Vec<f32> = self
+                .model
+                .forward(pair, LogitsSelection::Last)?
+                .squeeze(0)?
+                .to_vec1()?;
+            std::hint::black_box(row);
+            token_ms = token_ms.min(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        self.reset();
+        Ok(Some(ProposerCosts {
+            token_ms,
+            catch_up_ms: prefill / PREFILL as f64,
+        }))
     }
 }

@@ -100,6 +100,10 @@ impl Proposer for NgramProposer {
     }
 
     fn reset(&mut self) {}
+
+    fn is_cheap(&self) -> bool {
+        true
+    }
 }
 
 /// Tries its proposers in order each step; the first non-empty proposal is used (for example the

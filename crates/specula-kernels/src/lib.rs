@@ -75,6 +75,14 @@ pub enum KernelError {
         /// Bytes given.
         got: usize,
     },
+    /// More rows were asked of a matrix than it has.
+    #[error("cannot take the first {wanted} rows of a matrix with {rows}; ask for at most {rows}")]
+    TooManyRows {
+        /// Rows asked for.
+        wanted: usize,
+        /// Rows the matrix has.
+        rows: usize,
+    },
     /// A dense matrix's value count does not match its shape.
     #[error("a {rows} x {cols} matrix needs {} values, got {got}", rows * cols)]
     BadDenseData {
@@ -272,6 +280,25 @@ impl QMatrix {
             cols,
             data,
             isa: Isa::detect(),
+        })
+    }
+
+    /// The first `rows` rows as a matrix of their own (for example an output projection limited
+    /// to the most frequent tokens of a vocabulary). Errors if `rows` exceeds the matrix's rows.
+    pub fn top_rows(&self, rows: usize) -> Result<Self, KernelError> {
+        if rows > self.rows {
+            return Err(KernelError::TooManyRows {
+                wanted: rows,
+                rows: self.rows,
+            });
+        }
+        let row_bytes = (self.cols / self.ty.block_elems()) * self.ty.block_bytes();
+        Ok(Self {
+            ty: self.ty,
+            rows,
+            cols: self.cols,
+            data: self.data[..rows * row_bytes].to_vec(),
+            isa: self.isa,
         })
     }
 

@@ -34,6 +34,9 @@ pub struct LlamaModel {
     blocks: Vec<Block>,
     norm: Tensor,
     lm_head: Linear,
+    /// The output projection limited to the first tokens of the vocabulary
+    /// ([`LlamaModel::limit_output_vocab`]); the other logits are `-inf`.
+    lm_head_top: Option<(usize, Linear)>,
     cos: Tensor,
     sin: Tensor,
     cache: KvCache,
@@ -107,6 +110,7 @@ impl LlamaModel {
             blocks,
             norm,
             lm_head,
+            lm_head_top: None,
             cos,
             sin,
             cache,
@@ -214,7 +218,18 @@ impl LlamaModel {
         let range = select.range(n);
         let x = x.narrow(1, range.start, range.len())?;
         let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
-        let logits = self.lm_head.forward(&x)?.squeeze(0)?; // (selected, vocab)
+        let logits = match &self.lm_head_top {
+            Some((rows, head)) => {
+                let top = head.forward(&x)?.squeeze(0)?; // (selected, rows)
+                let rest = Tensor::full(
+                    f32::NEG_INFINITY,
+                    (top.dim(0)?, self.cfg.vocab_size - rows),
+                    x.device(),
+                )?;
+                Tensor::cat(&[&top.to_dtype(DType::F32)?, &rest], 1)?
+            }
+            None => self.lm_head.forward(&x)?.squeeze(0)?, // (selected, vocab)
+        };
         logits.to_dtype(DType::F32)
     }
 }
@@ -320,6 +335,33 @@ fn rope_tables(
     Ok((freqs.cos()?, freqs.sin()?))
 }
 
+impl LlamaModel {
+    /// Computes logits only for the first `rows` token ids (the rest are `-inf`), or for all of
+    /// them again with `rows >= vocab_size`. Meant for draft models: BPE vocabularies number
+    /// tokens roughly by merge order, so the first ids are the frequent ones, and the output
+    /// projection is a large part of a small model's per-token cost (about a third of Qwen2.5
+    /// 0.5B's bytes). The target verifies every proposal, so this never changes the output; it
+    /// only makes tokens past `rows` impossible to propose. Returns false (and changes nothing)
+    /// when the projection cannot be sliced (candle's quantized or the bf16 kernel) or
+    /// `rows` is 0.
+    pub fn limit_output_vocab(&mut self, rows: usize) -> bool {
+        if rows >= self.cfg.vocab_size {
+            self.lm_head_top = None;
+            return true;
+        }
+        if rows == 0 {
+            return false;
+        }
+        match self.lm_head.top_rows(rows) {
+            Some(head) => {
+                self.lm_head_top = Some((rows, head));
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 impl CausalLm for LlamaModel {
     fn forward(
         &mut self,
@@ -371,5 +413,9 @@ impl CausalLm for LlamaModel {
 
     fn device(&self) -> &Device {
         &self.device
+    }
+
+    fn limit_output_vocab(&mut self, rows: usize) -> bool {
+        LlamaModel::limit_output_vocab(self, rows)
     }
 }

@@ -61,6 +61,22 @@ impl Linear {
         self.forward_rows(x)
     }
 
+    /// The layer restricted to its first `rows` outputs (for an output projection limited to the
+    /// first tokens of the vocabulary), or `None` when its weight cannot be sliced cheaply
+    /// (candle's quantized matmul, the bf16 kernel).
+    pub fn top_rows(&self, rows: usize) -> Option<Linear> {
+        let weight = match &self.weight {
+            LinearWeight::Kernel(w) => LinearWeight::Kernel(Arc::new(w.top_rows(rows).ok()?)),
+            LinearWeight::Dense(w) => LinearWeight::Dense(w.narrow(0, 0, rows).ok()?),
+            LinearWeight::Bf16(_) | LinearWeight::Quantized(_) => return None,
+        };
+        let bias = match &self.bias {
+            Some(b) => Some(b.narrow(0, 0, rows).ok()?),
+            None => None,
+        };
+        Some(Linear { weight, bias })
+    }
+
     /// Whether one call's rows are independent of each other bit for bit.
     fn is_batch_invariant(&self) -> bool {
         matches!(self.weight, LinearWeight::Kernel(_) | LinearWeight::Bf16(_))

@@ -93,12 +93,16 @@ pub fn accept_sampling(
 }
 
 /// The result of [`verify`]: the verdict and the time of the target forward.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Verification {
     /// Accepted prefix length and the next token.
     pub verdict: Verdict,
     /// Wall time of the target forward (the rest of `verify` is acceptance and sampling).
     pub forward_time: std::time::Duration,
+    /// The target's mean probability of its own most likely token over the positions it
+    /// emitted from (`accepted + 1` rows): how predictable the text is, a cheap signal for
+    /// adaptive speculation.
+    pub confidence: f32,
 }
 
 /// Verifies `drafted` against `target`, whose cache holds the context minus its last token
@@ -162,10 +166,33 @@ pub fn verify(
         accept_sampling(&p, q, drafted, sampler.rng_mut())
     };
     target.truncate(base + 1 + verdict.accepted)?;
+    let used = &rows[..(verdict.accepted + 1).min(rows.len())];
+    let confidence =
+        used.iter().map(|r| top_probability(r)).sum::<f32>() / used.len().max(1) as f32;
     Ok(Verification {
         verdict,
         forward_time,
+        confidence,
     })
+}
+
+/// The largest softmax probability of a row of logits (0 for an empty or non-finite row).
+///
+/// ```
+/// let p = specula_verify::top_probability(&[0.0, 0.0]);
+/// assert!((p - 0.5).abs() < 1e-6);
+/// ```
+pub fn top_probability(logits: &[f32]) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if !max.is_finite() {
+        return 0.0;
+    }
+    let sum: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
+    if sum > 0.0 {
+        1.0 / sum
+    } else {
+        0.0
+    }
 }
 
 #[cfg(test)]
