@@ -142,6 +142,18 @@ impl DraftModel {
         self.cached.len()
     }
 
+    /// How much of the cache serves `context`: the longest prefix shared with it, keeping at
+    /// least one token to feed so that the forward yields the logits after the context.
+    fn reusable(&self, context: &[TokenId]) -> usize {
+        let shared = self
+            .cached
+            .iter()
+            .zip(context)
+            .take_while(|(a, b)| a == b)
+            .count();
+        shared.min(context.len().saturating_sub(1))
+    }
+
     /// The wrapped model.
     pub fn model(&self) -> &dyn CausalLm {
         &*self.model
@@ -167,15 +179,7 @@ impl Proposer for DraftModel {
         if context.is_empty() {
             return Err(CoreError::EmptyPrompt);
         }
-        // Roll back to the longest prefix shared with the context, keeping at least one token
-        // to feed so that the forward yields the logits after the context.
-        let shared = self
-            .cached
-            .iter()
-            .zip(context)
-            .take_while(|(a, b)| a == b)
-            .count();
-        let keep = shared.min(context.len() - 1);
+        let keep = self.reusable(context);
         self.model.truncate(keep)?;
         self.cached.truncate(keep);
         let room = self.model.max_seq_len().saturating_sub(context.len());
@@ -240,13 +244,7 @@ impl Proposer for DraftModel {
     }
 
     fn pending(&self, context: &[TokenId]) -> usize {
-        let shared = self
-            .cached
-            .iter()
-            .zip(context)
-            .take_while(|(a, b)| a == b)
-            .count();
-        context.len() - shared.min(context.len().saturating_sub(1))
+        context.len() - self.reusable(context)
     }
 
     fn calibrate(&mut self) -> Result<Option<ProposerCosts>> {
