@@ -92,6 +92,9 @@ struct Track {
 /// bonus token, and the draft's own last token).
 const ROUTINE_CATCH_UP: usize = 2;
 
+/// Catch-ups at least this long update the measured cost per caught-up token.
+const MEASURED_CATCH_UP: usize = 16;
+
 /// A proposer that must first catch up (a certain cost, against an estimated gain) is engaged
 /// only when it is expected to be this much faster per token than the alternatives.
 const CATCH_UP_MARGIN: f64 = 0.1;
@@ -381,8 +384,12 @@ impl AdaptiveK {
         if drafted > 0 {
             match t.token_ms {
                 Some(per) if catch_up > 0 => {
-                    let rest = (draft_ms - per * drafted as f64).max(0.0) / catch_up as f64;
-                    t.catch_up_ms = Some(Self::blend(t.catch_up_ms, rest, wc));
+                    // Only a long catch-up (a prefill) measures the cost per caught-up token: a
+                    // few extra tokens ride along nearly free in a memory-bound forward.
+                    if catch_up >= MEASURED_CATCH_UP {
+                        let rest = (draft_ms - per * drafted as f64).max(0.0) / catch_up as f64;
+                        t.catch_up_ms = Some(Self::blend(t.catch_up_ms, rest, wc));
+                    }
                 }
                 _ => {
                     // Without any measurement yet, a catch-up step is still the best guess,
@@ -562,6 +569,24 @@ mod tests {
         // With 10,000 tokens to go it is; and once caught up, drafting is clearly better.
         assert!(matches!(c.plan(&[draft(0, 1000)], 10_000), Some((0, k)) if k >= 2));
         assert!(matches!(c.plan(&[draft(0, 1)], 10), Some((0, k)) if k >= 2));
+    }
+
+    #[test]
+    fn only_long_catch_ups_measure_the_catch_up_cost() {
+        let mut c = AdaptiveK::new(AdaptiveConfig {
+            max_k: 4,
+            ..Default::default()
+        });
+        c.set_source_costs(0, 50.0, 15.0);
+        // Three extra tokens cost next to nothing in one forward: not a prefill measurement.
+        for _ in 0..20 {
+            c.observe_source(0, 2, 2, 101.0, 150.0, 3);
+        }
+        assert_eq!(c.catch_up_cost(0, 102), 100.0 * 15.0);
+        // A 200-token catch-up taking 2.1 s (100 ms of drafting) is one.
+        c.observe_source(0, 2, 2, 2100.0, 150.0, 200);
+        let per = c.catch_up_cost(0, 102) / 100.0;
+        assert!((per - (15.0 + 0.2 * (10.0 - 15.0))).abs() < 1e-9, "{per}");
     }
 
     #[test]
