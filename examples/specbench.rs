@@ -11,14 +11,17 @@
 //! For every question the modes run back to back (plain, then each draft length), so slow drift of
 //! a shared machine affects all modes alike. Each mode writes `<out>/<mode>.jsonl` with one
 //! Spec-Bench answer per question (`question_id, category, answer_id, model_id, tstamp,
-//! choices[{index, turns, decoding_steps, new_tokens, wall_time, accept_lengths}]`), and the
+//! choices[{index, turns, decoding_steps, new_tokens, wall_time, accept_lengths, ttft}]`; `ttft`,
+//! seconds to each turn's first token, is Specula's addition), and the
 //! report goes to stdout, `<out>/report.md` and `<out>/summary.json`.
 //!
 //! Report definitions (Spec-Bench `evaluation/speed.py`): an answer's speed is its new tokens over
 //! its wall time (all turns); a category's speed is the mean of its answers' speeds; speedup is
 //! that mean over the plain mean; mean accepted tokens is the mean of every step's accepted length
 //! (tokens emitted per target forward, 1.00 for plain decoding). Acceptance rate is accepted over
-//! drafted tokens. Greedy speculative answers must be text-identical to the plain ones; any that
+//! drafted tokens. Decode speedup is the same ratio for the decode phase alone: tokens after each
+//! turn's first over the time after it (where a long prompt's prefill dominates the wall time,
+//! as in `rag`, this is the part speculation can change). Greedy speculative answers must be text-identical to the plain ones; any that
 //! differ are listed and the run exits with an error.
 
 use clap::Parser;
@@ -128,6 +131,18 @@ impl Answer {
     fn speed(&self) -> f64 {
         let t: f64 = self.wall_time.iter().sum();
         self.new_tokens.iter().sum::<usize>() as f64 / t.max(1e-9)
+    }
+
+    /// Tokens per second after each turn's first token (`None` if no turn has a second token).
+    fn decode_speed(&self) -> Option<f64> {
+        let tokens: usize = self.new_tokens.iter().map(|n| n.saturating_sub(1)).sum();
+        let secs: f64 = self
+            .wall_time
+            .iter()
+            .zip(&self.ttft_ms)
+            .map(|(w, t)| (w - t / 1e3).max(0.0))
+            .sum();
+        (tokens > 0 && secs > 0.0).then(|| tokens as f64 / secs)
     }
 }
 
@@ -266,6 +281,7 @@ fn record(q: &Question, mode: &str, a: &Answer) -> Value {
             "new_tokens": a.new_tokens,
             "wall_time": a.wall_time,
             "accept_lengths": a.accept_lengths,
+            "ttft": a.ttft_ms.iter().map(|t| t / 1e3).collect::<Vec<_>>(),
         }],
     })
 }
@@ -274,6 +290,8 @@ fn record(q: &Question, mode: &str, a: &Answer) -> Value {
 #[derive(Default, Clone)]
 struct Agg {
     speeds: Vec<f64>,
+    /// Decode-phase speed of each answer (`None`: no second token).
+    decode_speeds: Vec<Option<f64>>,
     accept_lengths: Vec<usize>,
     stats: Option<AcceptanceStats>,
     ttft_ms: Vec<f64>,
@@ -283,10 +301,12 @@ struct Agg {
 impl Agg {
     fn add(&mut self, a: &Answer) {
         self.speeds.push(a.speed());
+        self.decode_speeds.push(a.decode_speed());
         self.absorb(&a.accept_lengths, &a.ttft_ms, &a.itl_ms, a.stats.as_ref());
     }
     fn merge(&mut self, o: &Agg) {
         self.speeds.extend(&o.speeds);
+        self.decode_speeds.extend(&o.decode_speeds);
         self.absorb(&o.accept_lengths, &o.ttft_ms, &o.itl_ms, o.stats.as_ref());
     }
     fn absorb(
@@ -307,6 +327,19 @@ impl Agg {
     }
     fn speed(&self) -> f64 {
         self.speeds.iter().sum::<f64>() / self.speeds.len().max(1) as f64
+    }
+    /// Mean decode-phase speed over `self` and `base`'s answers (same questions, same order) that
+    /// both have a decode phase, relative to `base`'s.
+    fn decode_speedup(&self, base: &Agg) -> Option<f64> {
+        let (mut s, mut b, mut n) = (0.0, 0.0, 0usize);
+        for (x, y) in self.decode_speeds.iter().zip(&base.decode_speeds) {
+            if let (Some(x), Some(y)) = (x, y) {
+                s += x;
+                b += y;
+                n += 1;
+            }
+        }
+        (n > 0 && b > 0.0).then(|| s / b)
     }
     fn mean_accepted(&self) -> f64 {
         self.accept_lengths.iter().sum::<usize>() as f64 / self.accept_lengths.len().max(1) as f64
@@ -560,7 +593,7 @@ fn report(
         match k {
             None => md.push_str(&format!(" {name} tok/s |")),
             Some(_) => md.push_str(&format!(
-                " {name} tok/s | {name} speedup | {name} acceptance | {name} mean accepted |"
+                " {name} tok/s | {name} speedup | {name} decode speedup | {name} acceptance | {name} mean accepted |"
             )),
         }
     }
@@ -569,26 +602,29 @@ fn report(
         md.push_str(if k.is_none() {
             "---|"
         } else {
-            "---|---|---|---|"
+            "---|---|---|---|---|"
         });
     }
     md.push('\n');
     let mut json_rows = Vec::new();
     for (cat, per_mode) in &rows {
         let base = plain_idx.map(|i| per_mode[i].speed());
+        let base_agg = plain_idx.map(|i| &per_mode[i]);
         md.push_str(&format!("| {cat} | {} |", per_mode[0].speeds.len()));
         let mut jm = serde_json::Map::new();
         for ((name, k), a) in modes.iter().zip(per_mode) {
             let speed = a.speed();
             let speedup = base.filter(|b| *b > 0.0).map(|b| speed / b);
             let rate = a.stats.as_ref().map(|s| s.acceptance_rate());
+            let decode_speedup = base_agg.and_then(|b| a.decode_speedup(b));
             if k.is_none() {
                 md.push_str(&format!(" {speed:.2} |"));
             } else {
                 let fmt = |x: Option<f64>, f: &dyn Fn(f64) -> String| x.map_or("-".into(), f);
                 md.push_str(&format!(
-                    " {speed:.2} | {} | {} | {:.2} |",
+                    " {speed:.2} | {} | {} | {} | {:.2} |",
                     fmt(speedup, &|s| format!("{s:.2}x")),
+                    fmt(decode_speedup, &|s| format!("{s:.2}x")),
                     fmt(rate, &|r| format!("{:.1}%", r * 100.0)),
                     a.mean_accepted()
                 ));
@@ -599,6 +635,7 @@ fn report(
                     "draft_len": k,
                     "tokens_per_s": speed,
                     "speedup": speedup,
+                    "decode_speedup": decode_speedup,
                     "acceptance_rate": rate,
                     "mean_accepted_tokens": a.mean_accepted(),
                     "position_acceptance": a.stats.as_ref().map(|s| s.position_acceptance()),

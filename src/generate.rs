@@ -568,6 +568,7 @@ impl Generator {
             .to_vec1()
             .map_err(CoreError::from)?;
         if let Some(ctl) = self.adaptive.as_mut() {
+            ctl.begin_request();
             ctl.observe_confidence(f64::from(specula_verify::top_probability(&row)));
         }
         let mut batch = vec![sampler.sample(&row, &history)];
@@ -616,7 +617,13 @@ impl Generator {
             batch = match (step, spec.as_mut()) {
                 (Some((source, proposal, draft_ms)), Some(stats)) => {
                     let t1 = Instant::now();
-                    let v = specula_verify::verify(
+                    // The confidence costs a softmax per row; only the adaptive policy reads it.
+                    let verify = if self.adaptive.is_some() {
+                        specula_verify::verify_with_confidence
+                    } else {
+                        specula_verify::verify
+                    };
+                    let v = verify(
                         &mut *self.model,
                         last,
                         &proposal.tokens,
@@ -636,7 +643,9 @@ impl Generator {
                         stats.record_step_by(&proposal.source, drafted, accepted);
                     }
                     if let Some(ctl) = self.adaptive.as_mut() {
-                        ctl.observe_confidence(f64::from(v.confidence));
+                        if let Some(c) = v.confidence {
+                            ctl.observe_confidence(f64::from(c));
+                        }
                         ctl.observe_source(
                             source,
                             drafted,
@@ -732,7 +741,33 @@ impl Generator {
                 ready.push(None);
             }
         }
-        let Some((source, k)) = ctl.plan(&candidates, remaining) else {
+        let planned = ctl.plan(&candidates, remaining);
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            // The controller's view of each candidate: acceptance per position, and the
+            // estimated cost / expected tokens of drafting 1..=4 with it.
+            for c in &candidates {
+                let costs: Vec<String> = (1..=4)
+                    .map(|k| {
+                        let ms = ctl.step_cost_of(c.source, k).unwrap_or(f64::NAN);
+                        format!("{ms:.0}/{:.2}", ctl.expected_tokens_of(c.source, k))
+                    })
+                    .collect();
+                tracing::debug!(
+                    plan = ?planned,
+                    plain_ms = ?ctl.verify_cost(1),
+                    confidence = ?ctl.confidence(),
+                    remaining,
+                    source = c.source,
+                    limit = c.limit,
+                    pending = c.pending,
+                    catch_up_ms = ctl.catch_up_cost(c.source, c.pending),
+                    acceptance = ?ctl.acceptance_of(c.source),
+                    steps = %costs.join(" "),
+                    "adaptive plan"
+                );
+            }
+        }
+        let Some((source, k)) = planned else {
             return Ok(None);
         };
         let k = k.min(max_k);

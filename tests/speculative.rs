@@ -619,6 +619,60 @@ fn ngram_composed_and_adaptive_greedy_are_token_identical() {
     }
 }
 
+#[test]
+fn the_confidence_is_measured_only_on_request_and_changes_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let (target, tok) = model(&SyntheticSpec::tiny_qwen2(), &dir, "t.gguf");
+    let mut oracle = DraftModel::new(target.clone(), target.vocab_size());
+    let sampler = LogitsProcessor::new(SamplingParams::greedy()).unwrap();
+    let history = tok.encode("def hello world").unwrap();
+    let mut proposal = oracle.propose(&history, 4, &sampler).unwrap().tokens;
+    // Accept two, then the target's correction.
+    proposal[2] = (proposal[2] + 1) % target.vocab_size() as TokenId;
+    let last = history[history.len() - 1];
+    let run = |with: bool| {
+        let mut t = target.clone();
+        t.reset();
+        t.forward(&history[..history.len() - 1], LogitsSelection::Last)
+            .unwrap();
+        let mut s = LogitsProcessor::new(SamplingParams::greedy()).unwrap();
+        let f = if with {
+            specula_verify::verify_with_confidence
+        } else {
+            specula_verify::verify
+        };
+        let v = f(&mut t, last, &proposal, &[], &history, &mut s).unwrap();
+        (v, t.seq_len())
+    };
+    let (plain, len_plain) = run(false);
+    let (scored, len_scored) = run(true);
+    assert_eq!(plain.verdict, scored.verdict);
+    assert_eq!(scored.verdict.accepted, 2);
+    assert_eq!(len_plain, len_scored);
+    assert_eq!(plain.confidence, None);
+    // The mean top probability of the three rows the step emitted from.
+    let mut t = target.clone();
+    t.reset();
+    let mut input = history.clone();
+    input.extend_from_slice(&proposal[..2]);
+    let rows = t
+        .forward(&input, LogitsSelection::All)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    let want = rows[rows.len() - 3..]
+        .iter()
+        .map(|r| specula_verify::top_probability(r))
+        .sum::<f32>()
+        / 3.0;
+    let got = scored.confidence.unwrap();
+    assert!(
+        (got - want).abs() < 1e-4,
+        "confidence {got}, expected {want}"
+    );
+    assert!(got > 0.0 && got <= 1.0);
+}
+
 mod rollback {
     use super::*;
     use proptest::prelude::*;

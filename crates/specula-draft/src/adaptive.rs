@@ -9,14 +9,17 @@
 //! the generator's calibration, then refined online) and `draft(k)` the proposer's measured cost
 //! per token times `k`. A proposer that must first catch up on context it has not seen (a draft
 //! model before its first step: the whole prompt; after plain steps: the tokens it skipped) also
-//! pays that one-off work, spread over the tokens still to generate.
+//! pays that one-off work, spread over the tokens still to generate. The multi-token forward
+//! and per-token draft costs are kept relative to the plain step measured alongside them and
+//! read back at the current plain cost: a longer context or a busier machine slows every
+//! forward alike, and a cost measured on a long prompt must not keep an option out of use on the
+//! next, short one (it would never be measured again).
 //!
 //! [`AdaptiveK::plan`] returns the proposer and `k` with the lowest expected time per emitted token,
 //! or `None` (plain decoding) when no draft beats a plain step: when verification is expensive,
-//! acceptance low, or a catch-up cannot pay for itself in the tokens left (a proposer that must
-//! catch up is engaged only when it is expected to be at least 10 % faster: the catch-up is
-//! certain, the gain an estimate). Before a proposer has
-//! been observed its acceptance is assumed equal to the target's recent confidence (the mean
+//! acceptance low, or a catch-up cannot pay for itself in the tokens left (a catch-up counts 1.5
+//! times its estimate: it is certain, while the end of sequence may come before the tokens it is
+//! spread over). Before a proposer has been observed its acceptance is assumed equal to the target's recent confidence (the mean
 //! probability of its own greedy token), which predicts how well any cheaper model can guess the
 //! next token. After `probe_every` plain steps in a row one short draft is tried (only with a
 //! proposer whose catch-up costs less than a plain step) to refresh the estimates.
@@ -82,10 +85,49 @@ struct Track {
     /// (same weighting as `accept[j]`); `accept[j] / seen_confidence[j]` is how this proposer's
     /// acceptance scales with the predictability of the text.
     seen_confidence: Vec<f64>,
-    /// Draft time per drafted token.
-    token_ms: Option<f64>,
+    /// Draft time per drafted token (scaled with the plain step cost).
+    token_ms: Option<Scaled>,
     /// Draft time per context token caught up on.
     catch_up_ms: Option<f64>,
+}
+
+/// A cost measured while a plain decode step cost `plain` ms: read back in proportion to the
+/// plain step's cost now. A longer context or a busier machine slows every forward alike, and the
+/// plain step is measured all the time, while a verification of `n` tokens or a draft token is
+/// measured only when it is used; without the scaling a cost measured on a long prompt would stay
+/// inflated on the next, short one, and the option would never be tried again.
+#[derive(Debug, Clone, Copy)]
+struct Scaled {
+    ms: f64,
+    plain: Option<f64>,
+}
+
+impl Scaled {
+    /// The cost when a plain step costs `plain_now`.
+    fn at(self, plain_now: Option<f64>) -> f64 {
+        match (self.plain, plain_now) {
+            (Some(then), Some(now)) if then > 0.0 => self.ms * now / then,
+            _ => self.ms,
+        }
+    }
+
+    /// `old` moved towards a new measurement `ms` (taken at plain cost `plain`) by weight `w`.
+    fn blend(old: Option<Scaled>, ms: f64, plain: Option<f64>, w: f64) -> Scaled {
+        match old {
+            None => Scaled { ms, plain },
+            Some(o) => {
+                // The new measurement, expressed at the old one's plain cost.
+                let ms = match (o.plain, plain) {
+                    (Some(then), Some(now)) if now > 0.0 => ms * then / now,
+                    _ => ms,
+                };
+                Scaled {
+                    ms: o.ms + w * (ms - o.ms),
+                    plain: o.plain.or(plain),
+                }
+            }
+        }
+    }
 }
 
 /// Catch-up work below this many tokens is part of every normal step (the target's correction or
@@ -95,20 +137,25 @@ const ROUTINE_CATCH_UP: usize = 2;
 /// Catch-ups at least this long update the measured cost per caught-up token.
 const MEASURED_CATCH_UP: usize = 16;
 
-/// A proposer that must first catch up (a certain cost, against an estimated gain) is engaged
-/// only when it is expected to be this much faster per token than the alternatives.
-const CATCH_UP_MARGIN: f64 = 0.1;
+/// A catch-up is a certain cost, while the tokens it is spread over are not (the end of sequence
+/// may come first): it counts this much more than its estimate.
+const CATCH_UP_MARGIN: f64 = 0.5;
 
 /// The draft-length controller (see the module docs).
 #[derive(Debug, Clone)]
 pub struct AdaptiveK {
     cfg: AdaptiveConfig,
     tracks: Vec<Track>,
-    /// `verify_ms[n - 1]`: running time of a target forward of n tokens, once measured.
-    verify_ms: Vec<Option<f64>>,
+    /// Running time of a plain decode step (a target forward of one token), once measured.
+    plain_ms: Option<f64>,
+    /// `verify_ms[n - 2]`: running time of a target forward of `n >= 2` tokens, once measured.
+    verify_ms: Vec<Option<Scaled>>,
     /// Running mean of the target's probability of its own greedy token.
     confidence: Option<f64>,
     plain_streak: usize,
+    /// Confidence observations since [`AdaptiveK::begin_request`] (a running mean until there
+    /// are `1 / decay` of them, then exponentially weighted).
+    confidence_seen: usize,
 }
 
 impl AdaptiveK {
@@ -116,9 +163,11 @@ impl AdaptiveK {
     pub fn new(cfg: AdaptiveConfig) -> Self {
         AdaptiveK {
             tracks: vec![Track::default()],
-            verify_ms: vec![None; cfg.max_k + 1],
+            plain_ms: None,
+            verify_ms: vec![None; cfg.max_k],
             confidence: None,
             plain_streak: 0,
+            confidence_seen: 0,
             cfg,
         }
     }
@@ -139,21 +188,36 @@ impl AdaptiveK {
     /// and the draft cost per token.
     pub fn set_costs(&mut self, verify_ms: &[f64], draft_ms_per_token: f64) {
         self.set_verify_costs(verify_ms);
-        self.track_mut(0).token_ms = Some(draft_ms_per_token);
+        let plain = self.plain_ms;
+        self.track_mut(0).token_ms = Some(Scaled {
+            ms: draft_ms_per_token,
+            plain,
+        });
     }
 
     /// Loads the target's verification curve: `verify_ms[n - 1]` for forwards of `n = 1..` tokens.
     pub fn set_verify_costs(&mut self, verify_ms: &[f64]) {
-        for (slot, &v) in self.verify_ms.iter_mut().zip(verify_ms) {
-            *slot = Some(v);
+        let Some((&plain, rest)) = verify_ms.split_first() else {
+            return;
+        };
+        self.plain_ms = Some(plain);
+        for (slot, &v) in self.verify_ms.iter_mut().zip(rest) {
+            *slot = Some(Scaled {
+                ms: v,
+                plain: Some(plain),
+            });
         }
     }
 
     /// Loads a calibration of proposer `source`: its time per drafted token and per context token
     /// caught up on.
     pub fn set_source_costs(&mut self, source: usize, token_ms: f64, catch_up_ms: f64) {
+        let plain = self.plain_ms;
         let t = self.track_mut(source);
-        t.token_ms = Some(token_ms);
+        t.token_ms = Some(Scaled {
+            ms: token_ms,
+            plain,
+        });
         t.catch_up_ms = Some(catch_up_ms);
     }
 
@@ -213,21 +277,39 @@ impl AdaptiveK {
         e
     }
 
-    /// Estimated time of a target forward of `n` tokens (`None` before any measurement).
+    /// Estimated time of a target forward of `n` tokens (`None` before any measurement): a
+    /// measured multi-token cost is scaled to the current plain step cost (see [`Scaled`]).
     pub fn verify_cost(&self, n: usize) -> Option<f64> {
-        let idx = n.checked_sub(1)?;
+        if n == 0 {
+            return None;
+        }
+        let plain = self.plain_ms;
+        if n == 1 {
+            if plain.is_some() {
+                return plain;
+            }
+            // Not measured yet: a longer forward's cost is an upper bound.
+            return self.verify_ms.iter().flatten().next().map(|v| v.ms);
+        }
+        let idx = n - 2;
         if let Some(Some(v)) = self.verify_ms.get(idx) {
-            return Some(*v);
+            return Some(v.at(plain));
         }
         // Optimistic: the nearest smaller measured length, else the nearest larger one.
         let below = self.verify_ms[..idx.min(self.verify_ms.len())]
             .iter()
             .rev()
             .flatten()
-            .next();
-        below
-            .or_else(|| self.verify_ms.iter().skip(idx).flatten().next())
-            .copied()
+            .next()
+            .map(|v| v.at(plain));
+        below.or(plain).or_else(|| {
+            self.verify_ms
+                .iter()
+                .skip(idx)
+                .flatten()
+                .next()
+                .map(|v| v.at(plain))
+        })
     }
 
     /// Estimated time of a step drafting `k` with proposer 0 (`None` before any measurement).
@@ -244,7 +326,7 @@ impl AdaptiveK {
             .tracks
             .get(source)
             .and_then(|t| t.token_ms)
-            .unwrap_or(0.0);
+            .map_or(0.0, |c| c.at(self.plain_ms));
         Some(verify + per_token * k as f64)
     }
 
@@ -254,7 +336,7 @@ impl AdaptiveK {
         let t = self.tracks.get(source);
         let per = t
             .and_then(|t| t.catch_up_ms)
-            .or_else(|| t.and_then(|t| t.token_ms))
+            .or_else(|| t.and_then(|t| t.token_ms).map(|c| c.at(self.plain_ms)))
             .unwrap_or(0.0);
         extra * per
     }
@@ -285,17 +367,13 @@ impl AdaptiveK {
         let mut best: Option<(usize, usize)> = None;
         let mut best_ms = plain * (1.0 - 1e-9);
         for c in candidates.iter().filter(usable) {
-            let catch_up = self.catch_up_cost(c.source, c.pending) / spread;
-            let margin = if catch_up > 0.0 {
-                1.0 + CATCH_UP_MARGIN
-            } else {
-                1.0
-            };
+            let catch_up =
+                self.catch_up_cost(c.source, c.pending) * (1.0 + CATCH_UP_MARGIN) / spread;
             for k in 1..=c.limit.min(self.cfg.max_k) {
                 let Some(t) = self.step_cost_of(c.source, k) else {
                     continue;
                 };
-                let ms = (t / self.expected_tokens_of(c.source, k) + catch_up) * margin;
+                let ms = t / self.expected_tokens_of(c.source, k) + catch_up;
                 if ms < best_ms {
                     best = Some((c.source, k));
                     best_ms = ms;
@@ -367,6 +445,7 @@ impl AdaptiveK {
         let prior = self.prior();
         let now = self.confidence.unwrap_or(prior);
         let max_k = self.cfg.max_k;
+        let plain = self.plain_ms;
         let t = self.track_mut(source);
         if t.accept.is_empty() && drafted > 0 {
             t.accept = vec![prior; max_k];
@@ -387,6 +466,7 @@ impl AdaptiveK {
                     // Only a long catch-up (a prefill) measures the cost per caught-up token: a
                     // few extra tokens ride along nearly free in a memory-bound forward.
                     if catch_up >= MEASURED_CATCH_UP {
+                        let per = per.at(plain);
                         let rest = (draft_ms - per * drafted as f64).max(0.0) / catch_up as f64;
                         t.catch_up_ms = Some(Self::blend(t.catch_up_ms, rest, wc));
                     }
@@ -395,19 +475,24 @@ impl AdaptiveK {
                     // Without any measurement yet, a catch-up step is still the best guess,
                     // spread over every token it processed.
                     let per_token = draft_ms / (drafted + catch_up) as f64;
-                    t.token_ms = Some(Self::blend(t.token_ms, per_token, wc));
+                    t.token_ms = Some(Scaled::blend(t.token_ms, per_token, plain, wc));
                 }
             }
         }
-        if let Some(slot) = self.verify_ms.get_mut(drafted) {
-            *slot = Some(Self::blend(*slot, verify_ms, wc));
+        match drafted.checked_sub(1) {
+            None => self.observe_plain(verify_ms),
+            Some(idx) => {
+                if let Some(slot) = self.verify_ms.get_mut(idx) {
+                    *slot = Some(Scaled::blend(*slot, verify_ms, plain, wc));
+                }
+            }
         }
     }
 
     /// Records a plain decode step of `ms`.
     pub fn observe_plain(&mut self, ms: f64) {
         let w = self.cfg.decay.max(0.2);
-        self.verify_ms[0] = Some(Self::blend(self.verify_ms[0], ms, w));
+        self.plain_ms = Some(Self::blend(self.plain_ms, ms, w));
     }
 
     /// Records the target's probability of its own greedy token at one position (the prior for
@@ -415,8 +500,18 @@ impl AdaptiveK {
     pub fn observe_confidence(&mut self, p: f64) {
         if p.is_finite() {
             let p = p.clamp(0.0, 1.0);
-            self.confidence = Some(Self::blend(self.confidence, p, self.cfg.decay));
+            self.confidence_seen += 1;
+            let w = self.cfg.decay.max(1.0 / self.confidence_seen as f64);
+            self.confidence = Some(Self::blend(self.confidence, p, w));
         }
+    }
+
+    /// Starts a new request: the target's confidence is re-learnt from this request's text (the
+    /// previous request's text says little about this one's: a chat answer after a code
+    /// completion), as a running mean of its first observations. Costs and the proposers'
+    /// acceptance tracks are kept (the tracks are read relative to the confidence).
+    pub fn begin_request(&mut self) {
+        self.confidence_seen = 0;
     }
 }
 
@@ -505,7 +600,7 @@ mod tests {
         assert_eq!(c.verify_cost(1), None);
         c.observe_plain(100.0);
         c.observe_step(2, 1, 60.0, 300.0);
-        assert_eq!(c.verify_cost(1), Some(100.0));
+        assert!((c.verify_cost(1).unwrap_or(0.0) - 100.0).abs() < 1.0);
         assert_eq!(c.verify_cost(2), Some(100.0));
         assert_eq!(c.verify_cost(3), Some(300.0));
         assert_eq!(c.verify_cost(5), Some(300.0));
@@ -569,6 +664,51 @@ mod tests {
         // With 10,000 tokens to go it is; and once caught up, drafting is clearly better.
         assert!(matches!(c.plan(&[draft(0, 1000)], 10_000), Some((0, k)) if k >= 2));
         assert!(matches!(c.plan(&[draft(0, 1)], 10), Some((0, k)) if k >= 2));
+    }
+
+    #[test]
+    fn costs_measured_on_a_long_context_follow_the_plain_step_back_down() {
+        let mut c = AdaptiveK::new(AdaptiveConfig {
+            max_k: 4,
+            ..Default::default()
+        });
+        c.set_verify_costs(&curve(100.0, 20.0, 5));
+        c.set_source_costs(0, 40.0, 10.0);
+        // A long prompt: every forward and draft token costs three times as much.
+        for _ in 0..30 {
+            c.observe_plain(300.0);
+        }
+        for _ in 0..30 {
+            c.observe_plain(300.0);
+            c.observe_source(0, 3, 0, 360.0, 480.0, 0);
+        }
+        assert!((c.verify_cost(4).unwrap_or(0.0) - 480.0).abs() < 1.0);
+        assert!((c.step_cost_of(0, 3).unwrap_or(0.0) - 840.0).abs() < 2.0);
+        // Back on a short prompt, only plain steps are measured; the multi-token and draft costs
+        // scale back with them instead of staying at their long-context values.
+        for _ in 0..30 {
+            c.observe_plain(100.0);
+        }
+        assert!((c.verify_cost(4).unwrap_or(0.0) - 160.0).abs() < 1.0);
+        assert!((c.step_cost_of(0, 3).unwrap_or(0.0) - 280.0).abs() < 2.0);
+        assert!((c.verify_cost(1).unwrap_or(0.0) - 100.0).abs() < 1.0);
+    }
+
+    #[test]
+    fn each_request_relearns_the_confidence_from_its_own_text() {
+        let mut c = AdaptiveK::new(AdaptiveConfig::default());
+        for _ in 0..100 {
+            c.observe_confidence(0.3);
+        }
+        // Within a request one confident token barely moves the estimate...
+        c.observe_confidence(0.9);
+        assert!(c.confidence().unwrap_or(0.0) < 0.4);
+        // ...but a new request starts from its own first observations.
+        c.begin_request();
+        c.observe_confidence(0.9);
+        assert!((c.confidence().unwrap_or(0.0) - 0.9).abs() < 1e-9);
+        c.observe_confidence(0.7);
+        assert!((c.confidence().unwrap_or(0.0) - 0.8).abs() < 1e-9);
     }
 
     #[test]

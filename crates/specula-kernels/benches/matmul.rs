@@ -2,6 +2,8 @@
 //! of the Qwen2.5 1.5B MLP (8960 x 1536; Q5_0 / Q8_0: the 0.5B's 4864 x 896). The ratio of the n-row
 //! time to the 1-row time is what a verification forward costs relative to a decode step.
 //!
+//! The `prefill` group times 256 rows (a prompt) on the MLP's up and down shapes.
+//!
 //! `cargo bench -p specula-kernels --bench matmul` (`SPECULA_KERNELS=scalar` for the portable path).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
@@ -64,6 +66,26 @@ fn bench(c: &mut Criterion) {
         }
         g.finish();
     }
+    // Prefill: a prompt's worth of rows, on the MLP's up (8960 x 1536) and down (1536 x 8960)
+    // shapes, where the activations no longer fit in the core's caches.
+    let mut g = c.benchmark_group("prefill");
+    g.sample_size(10);
+    for (ty, rows, cols) in [
+        (QuantType::Q4K, 8960, 1536),
+        (QuantType::Q6K, 1536, 8960),
+        (QuantType::Q5_0, 4864, 896),
+    ] {
+        let m = matrix(ty, rows, cols);
+        let n = 256;
+        let x: Vec<f32> = (0..n * cols)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+            .collect();
+        let mut y = vec![0f32; n * rows];
+        g.bench_function(format!("{ty:?}-{rows}x{cols}-n{n}"), |b| {
+            b.iter(|| m.matmul(&x, n, &mut y))
+        });
+    }
+    g.finish();
 }
 
 criterion_group!(benches, bench);

@@ -100,9 +100,10 @@ pub struct Verification {
     /// Wall time of the target forward (the rest of `verify` is acceptance and sampling).
     pub forward_time: std::time::Duration,
     /// The target's mean probability of its own most likely token over the positions it
-    /// emitted from (`accepted + 1` rows): how predictable the text is, a cheap signal for
-    /// adaptive speculation.
-    pub confidence: f32,
+    /// emitted from (`accepted + 1` rows): how predictable the text is, a signal for adaptive
+    /// speculation. Computed only by [`verify_with_confidence`] (one softmax per row); `None`
+    /// from [`verify`].
+    pub confidence: Option<f32>,
 }
 
 /// Verifies `drafted` against `target`, whose cache holds the context minus its last token
@@ -119,6 +120,30 @@ pub fn verify(
     q: &[Distribution],
     history: &[TokenId],
     sampler: &mut LogitsProcessor,
+) -> Result<Verification> {
+    run(target, last, drafted, q, history, sampler, false)
+}
+
+/// As [`verify`], also measuring [`Verification::confidence`].
+pub fn verify_with_confidence(
+    target: &mut dyn CausalLm,
+    last: TokenId,
+    drafted: &[TokenId],
+    q: &[Distribution],
+    history: &[TokenId],
+    sampler: &mut LogitsProcessor,
+) -> Result<Verification> {
+    run(target, last, drafted, q, history, sampler, true)
+}
+
+fn run(
+    target: &mut dyn CausalLm,
+    last: TokenId,
+    drafted: &[TokenId],
+    q: &[Distribution],
+    history: &[TokenId],
+    sampler: &mut LogitsProcessor,
+    with_confidence: bool,
 ) -> Result<Verification> {
     let base = target.seq_len();
     let mut input = Vec::with_capacity(drafted.len() + 1);
@@ -166,9 +191,10 @@ pub fn verify(
         accept_sampling(&p, q, drafted, sampler.rng_mut())
     };
     target.truncate(base + 1 + verdict.accepted)?;
-    let used = &rows[..(verdict.accepted + 1).min(rows.len())];
-    let confidence =
-        used.iter().map(|r| top_probability(r)).sum::<f32>() / used.len().max(1) as f32;
+    let confidence = with_confidence.then(|| {
+        let used = &rows[..(verdict.accepted + 1).min(rows.len())];
+        used.iter().map(|r| top_probability(r)).sum::<f32>() / used.len().max(1) as f32
+    });
     Ok(Verification {
         verdict,
         forward_time,
