@@ -603,13 +603,19 @@ impl Generator {
             // Never draft past what may still be emitted or what the context can hold.
             let remaining = params.max_new_tokens - out.tokens.len();
             let max_k = self.draft_len.min(remaining - 1).min(room - 1);
+            // The horizon a proposer's catch-up is spread over: the tokens this request is
+            // expected to produce still (learnt from earlier requests), at most `remaining`.
+            let horizon = self
+                .adaptive
+                .as_ref()
+                .map_or(remaining, |c| c.expected_left(out.tokens.len(), remaining));
             let step = match spec.as_mut() {
                 Some(_) if max_k > 0 => Self::propose(
                     &mut self.proposers,
                     self.adaptive.as_mut(),
                     &history,
                     max_k,
-                    remaining,
+                    horizon,
                     &sampler,
                 )?,
                 _ => None,
@@ -680,6 +686,9 @@ impl Generator {
                 }
             };
         };
+        if let Some(ctl) = self.adaptive.as_mut() {
+            ctl.end_request(out.tokens.len());
+        }
         let text = out.finish(finish, &mut on_text)?;
         let metrics =
             GenerationMetrics::from_timings(prompt.len(), prefill, &token_times, start.elapsed());
@@ -696,8 +705,8 @@ impl Generator {
         })
     }
 
-    /// Asks the proposers for the next step's draft (up to `max_k` tokens, `remaining` tokens
-    /// left): the adaptive controller picks the proposer and length, a fixed draft length takes
+    /// Asks the proposers for the next step's draft (up to `max_k` tokens, `horizon` tokens
+    /// expected still): the adaptive controller picks the proposer and length, a fixed draft length takes
     /// the first non-empty proposal. `None`: a plain step. Returns the proposer's index, the
     /// proposal and the time spent proposing (ms).
     fn propose(
@@ -705,7 +714,7 @@ impl Generator {
         adaptive: Option<&mut AdaptiveK>,
         history: &[TokenId],
         max_k: usize,
-        remaining: usize,
+        horizon: usize,
         sampler: &LogitsProcessor,
     ) -> Result<Option<(usize, Proposal, f64)>> {
         let Some(ctl) = adaptive else {
@@ -741,7 +750,7 @@ impl Generator {
                 ready.push(None);
             }
         }
-        let planned = ctl.plan(&candidates, remaining);
+        let planned = ctl.plan(&candidates, horizon);
         if tracing::enabled!(tracing::Level::DEBUG) {
             // The controller's view of each candidate: acceptance per position, and the
             // estimated cost / expected tokens of drafting 1..=4 with it.
@@ -756,7 +765,7 @@ impl Generator {
                     plan = ?planned,
                     plain_ms = ?ctl.verify_cost(1),
                     confidence = ?ctl.confidence(),
-                    remaining,
+                    horizon,
                     source = c.source,
                     limit = c.limit,
                     pending = c.pending,

@@ -156,6 +156,8 @@ pub struct AdaptiveK {
     /// Confidence observations since [`AdaptiveK::begin_request`] (a running mean until there
     /// are `1 / decay` of them, then exponentially weighted).
     confidence_seen: usize,
+    /// Running mean length of the previous requests' outputs (see [`AdaptiveK::expected_left`]).
+    typical_len: Option<f64>,
 }
 
 impl AdaptiveK {
@@ -168,6 +170,7 @@ impl AdaptiveK {
             confidence: None,
             plain_streak: 0,
             confidence_seen: 0,
+            typical_len: None,
             cfg,
         }
     }
@@ -513,6 +516,27 @@ impl AdaptiveK {
     pub fn begin_request(&mut self) {
         self.confidence_seen = 0;
     }
+
+    /// Ends a request that produced `generated` tokens: its length updates the typical output
+    /// length that [`expected_left`](Self::expected_left) predicts from.
+    pub fn end_request(&mut self, generated: usize) {
+        self.typical_len = Some(Self::blend(self.typical_len, generated as f64, 0.3));
+    }
+
+    /// How many more tokens a request that has produced `generated` tokens, and may produce
+    /// `remaining` more, is expected to produce: the horizon a catch-up is spread over. Before any
+    /// request has ended, `remaining`; after, the typical length still to go, or (past the typical
+    /// length) as many again as so far, never more than `remaining`. Short answers (a translation
+    /// that stops after 8 tokens) must not wake a draft model that would first read the prompt.
+    pub fn expected_left(&self, generated: usize, remaining: usize) -> usize {
+        match self.typical_len {
+            None => remaining,
+            Some(t) => {
+                let left = (t - generated as f64).max(generated as f64).max(1.0);
+                (left.round() as usize).clamp(1, remaining.max(1))
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -709,6 +733,33 @@ mod tests {
         assert!((c.confidence().unwrap_or(0.0) - 0.9).abs() < 1e-9);
         c.observe_confidence(0.7);
         assert!((c.confidence().unwrap_or(0.0) - 0.8).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_catch_up_horizon_follows_the_typical_output_length() {
+        let mut c = AdaptiveK::new(AdaptiveConfig::default());
+        assert_eq!(c.expected_left(0, 96), 96);
+        for _ in 0..20 {
+            c.end_request(8);
+        }
+        assert_eq!(c.expected_left(0, 96), 8);
+        assert_eq!(c.expected_left(6, 90), 6);
+        assert_eq!(c.expected_left(40, 56), 40);
+        assert_eq!(c.expected_left(0, 3), 3);
+        // With 8-token answers, a 100-token prompt to catch up on keeps the draft asleep even
+        // though it would pay over the 96 tokens the request may still produce.
+        c.set_verify_costs(&curve(100.0, 10.0, 5));
+        c.set_source_costs(0, 20.0, 5.0);
+        for _ in 0..30 {
+            c.observe_confidence(0.95);
+        }
+        let draft = Candidate {
+            source: 0,
+            limit: 4,
+            pending: 100,
+        };
+        assert!(c.plan(&[draft], 96).is_some());
+        assert_eq!(c.plan(&[draft], c.expected_left(0, 96)), None);
     }
 
     #[test]
