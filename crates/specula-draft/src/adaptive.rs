@@ -355,8 +355,9 @@ impl AdaptiveK {
     }
 
     /// Chooses the proposer and draft length for the next step among `candidates`, with
-    /// `remaining` tokens left to generate (over which a catch-up is spread): `Some((source, k))`
-    /// with `1 <= k <= limit`, or `None` for a plain decoding step.
+    /// `remaining` tokens still expected (over which a catch-up is spread; the generator passes
+    /// [`expected_left`](Self::expected_left)): `Some((source, k))` with `1 <= k <= limit`, or
+    /// `None` for a plain decoding step.
     pub fn plan(&mut self, candidates: &[Candidate], remaining: usize) -> Option<(usize, usize)> {
         let usable = |c: &&Candidate| c.limit.min(self.cfg.max_k) > 0;
         let Some(plain) = self.verify_cost(1) else {
