@@ -706,9 +706,9 @@ impl Generator {
     }
 
     /// Asks the proposers for the next step's draft (up to `max_k` tokens, `horizon` tokens
-    /// expected still): the adaptive controller picks the proposer and length, a fixed draft length takes
-    /// the first non-empty proposal. `None`: a plain step. Returns the proposer's index, the
-    /// proposal and the time spent proposing (ms).
+    /// expected still): the adaptive controller picks the proposer and length, a fixed draft
+    /// length takes the first non-empty proposal. `None`: a plain step. Returns the proposer's
+    /// index, the proposal and the time spent proposing (ms).
     fn propose(
         proposers: &mut [Box<dyn Proposer>],
         adaptive: Option<&mut AdaptiveK>,
@@ -752,29 +752,7 @@ impl Generator {
         }
         let planned = ctl.plan(&candidates, horizon);
         if tracing::enabled!(tracing::Level::DEBUG) {
-            // The controller's view of each candidate: acceptance per position, and the
-            // estimated cost / expected tokens of drafting 1..=4 with it.
-            for c in &candidates {
-                let costs: Vec<String> = (1..=4)
-                    .map(|k| {
-                        let ms = ctl.step_cost_of(c.source, k).unwrap_or(f64::NAN);
-                        format!("{ms:.0}/{:.2}", ctl.expected_tokens_of(c.source, k))
-                    })
-                    .collect();
-                tracing::debug!(
-                    plan = ?planned,
-                    plain_ms = ?ctl.verify_cost(1),
-                    confidence = ?ctl.confidence(),
-                    horizon,
-                    source = c.source,
-                    limit = c.limit,
-                    pending = c.pending,
-                    catch_up_ms = ctl.catch_up_cost(c.source, c.pending),
-                    acceptance = ?ctl.acceptance_of(c.source),
-                    steps = %costs.join(" "),
-                    "adaptive plan"
-                );
-            }
+            trace_plan(ctl, &candidates, planned, horizon);
         }
         let Some((source, k)) = planned else {
             return Ok(None);
@@ -791,6 +769,37 @@ impl Generator {
         proposal.tokens.truncate(k);
         proposal.q.truncate(k);
         Ok((!proposal.tokens.is_empty()).then_some((source, proposal, ms)))
+    }
+}
+
+/// Logs the adaptive controller's view of each candidate at `debug` level: acceptance per
+/// position, and the estimated cost / expected tokens of drafting 1..=4 with it.
+fn trace_plan(
+    ctl: &AdaptiveK,
+    candidates: &[Candidate],
+    planned: Option<(usize, usize)>,
+    horizon: usize,
+) {
+    for c in candidates {
+        let costs: Vec<String> = (1..=4)
+            .map(|k| {
+                let ms = ctl.step_cost_of(c.source, k).unwrap_or(f64::NAN);
+                format!("{ms:.0}/{:.2}", ctl.expected_tokens_of(c.source, k))
+            })
+            .collect();
+        tracing::debug!(
+            plan = ?planned,
+            plain_ms = ?ctl.verify_cost(1),
+            confidence = ?ctl.confidence(),
+            horizon,
+            source = c.source,
+            limit = c.limit,
+            pending = c.pending,
+            catch_up_ms = ctl.catch_up_cost(c.source, c.pending),
+            acceptance = ?ctl.acceptance_of(c.source),
+            steps = %costs.join(" "),
+            "adaptive plan"
+        );
     }
 }
 
