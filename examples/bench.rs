@@ -7,7 +7,7 @@
 //! ```
 //! Each model is loaded once and warmed up with one request (candle repacks weights on first
 //! use); then every run prefills the same ~200-token code prompt and decodes `--tokens` tokens
-//! greedily with EOS ignored. Prints a Markdown table row per model.
+//! greedily with EOS ignored (`--repeat 3`: the prompt three times over, ~720 tokens). Prints a Markdown table row per model.
 
 use clap::Parser;
 use specula::{GenerateParams, Generator, ModelSource};
@@ -26,6 +26,9 @@ struct Args {
     /// New tokens per run.
     #[arg(long, default_value_t = 128)]
     tokens: usize,
+    /// The prompt repeated this many times (a longer context: attention's share of a step).
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
 }
 
 const PROMPT: &str = r#"import heapq
@@ -95,11 +98,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             ignore_eos: true,
             ..GenerateParams::new(args.tokens)
         };
-        g.generate(PROMPT, &params)?; // warm-up
+        let prompt = PROMPT.repeat(args.repeat.max(1));
+        g.generate(&prompt, &params)?; // warm-up
         let (mut prefill, mut decode, mut p50, mut p99) = (vec![], vec![], vec![], vec![]);
         let mut prompt_tokens = 0;
         for _ in 0..args.runs.max(1) {
-            let out = g.generate(PROMPT, &params)?;
+            let out = g.generate(&prompt, &params)?;
             prompt_tokens = out.metrics.prompt_tokens;
             prefill.push(out.metrics.prefill_tokens_per_s);
             decode.push(out.metrics.decode_tokens_per_s);

@@ -2,12 +2,14 @@
 //! of the Qwen2.5 1.5B MLP (8960 x 1536; Q5_0 / Q8_0: the 0.5B's 4864 x 896). The ratio of the n-row
 //! time to the 1-row time is what a verification forward costs relative to a decode step.
 //!
-//! The `prefill` group times 256 rows (a prompt) on the MLP's up and down shapes.
+//! The `prefill` group times 256 rows (a prompt) on the MLP's up and down shapes; the `attention`
+//! group times one layer's decode / verification attention (12 query heads over 2 KV heads of 128,
+//! the 1.5B's shape) at several cache lengths.
 //!
 //! `cargo bench -p specula-kernels --bench matmul` (`SPECULA_KERNELS=scalar` for the portable path).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use specula_kernels::{QMatrix, QuantType};
+use specula_kernels::{causal_attention, AttentionShape, KvView, QMatrix, QuantType};
 
 fn matrix(ty: QuantType, rows: usize, cols: usize) -> QMatrix {
     let blocks = rows * cols / ty.block_elems();
@@ -84,6 +86,38 @@ fn bench(c: &mut Criterion) {
         g.bench_function(format!("{ty:?}-{rows}x{cols}-n{n}"), |b| {
             b.iter(|| m.matmul(&x, n, &mut y))
         });
+    }
+    g.finish();
+    // Attention of n new rows over a cache of `pos` positions, one layer of the 1.5B.
+    let mut g = c.benchmark_group("attention");
+    g.sample_size(20);
+    let (heads, kv_heads, hd, cap) = (12, 2, 128, 2048 + 16);
+    let cache: Vec<f32> = (0..kv_heads * cap * hd)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+        .collect();
+    let view = KvView {
+        data: &cache,
+        offset: 0,
+        head_stride: cap * hd,
+        pos_stride: hd,
+    };
+    for pos in [240, 720, 2048] {
+        for n in [1, 5] {
+            let q: Vec<f32> = (0..heads * n * hd)
+                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0)
+                .collect();
+            let mut out = vec![0f32; n * heads * hd];
+            let shape = AttentionShape {
+                n,
+                heads,
+                kv_heads,
+                head_dim: hd,
+                pos,
+            };
+            g.bench_function(format!("pos{pos}-n{n}"), |b| {
+                b.iter(|| causal_attention(&q, view, view, shape, 0.088, &mut out))
+            });
+        }
     }
     g.finish();
 }

@@ -1,9 +1,16 @@
 //! Causal attention of a few query rows over a key/value cache, read in place.
 //!
-//! Used for decode and verification steps (a handful of new tokens against a long cache): one
-//! pass per (query row, head) with no intermediate tensors, in parallel over heads and rows. Every
-//! (row, head) pair is computed the same way whatever the number of rows, so a row's output is
-//! bit-identical to a one-row call (batch invariance, as for the matmul kernels).
+//! Used for decode and verification steps (a handful of new tokens against a long cache), with no
+//! intermediate tensors. The query heads that share a KV head (grouped-query attention) are
+//! computed together: each key and value row is read once for up to [`HEAD_BLOCK`] of them instead
+//! of once per head, and each dot product keeps eight independent partial sums, so the loop is
+//! limited by arithmetic throughput rather than by the latency of one long chain of additions. On
+//! AVX2 machines the same code is compiled a second time with AVX2 enabled (runtime detection);
+//! Rust never fuses a multiply and an add on its own, so both builds give the same bits.
+//!
+//! Batch invariance: every (row, head) pair has its own accumulators and the same instruction
+//! sequence whatever the number of rows, the head block it falls in or the split into tasks, so a
+//! row's output is bit-identical to a one-row call (as for the matmul kernels).
 
 use crate::KernelError;
 use rayon::prelude::*;
@@ -53,6 +60,12 @@ pub struct AttentionShape {
     pub pos: usize,
 }
 
+/// Partial sums per dot product (one AVX2 register).
+const LANES: usize = 8;
+
+/// Up to this many query heads of one KV group share each pass over the keys and values.
+pub(crate) const HEAD_BLOCK: usize = 4;
+
 thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
@@ -68,9 +81,24 @@ pub fn causal_attention(
     scale: f32,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
+    attention_on(simd(), q, k, v, s, scale, out)
+}
+
+/// [`causal_attention`] on the AVX2 build (`simd`, which the caller must have checked the CPU
+/// supports) or the portable one.
+pub(crate) fn attention_on(
+    simd: bool,
+    q: &[f32],
+    k: KvView<'_>,
+    v: KvView<'_>,
+    s: AttentionShape,
+    scale: f32,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
     let hd = s.head_dim;
     let len = s.pos + s.n;
     let ok = s.kv_heads > 0
+        && hd > 0
         && s.heads.is_multiple_of(s.kv_heads)
         && q.len() == s.heads * s.n * hd
         && out.len() == s.n * s.heads * hd
@@ -85,42 +113,245 @@ pub fn causal_attention(
             v.data.len()
         )));
     }
+    if s.n == 0 {
+        return Ok(());
+    }
     let groups = s.heads / s.kv_heads;
-    out.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
-        let (i, h) = (idx / s.heads, idx % s.heads);
-        let kvh = h / groups;
-        let qi = &q[(h * s.n + i) * hd..(h * s.n + i + 1) * hd];
-        let visible = s.pos + i + 1;
-        SCORES.with(|cell| {
-            let mut fresh = Vec::new();
-            let mut borrowed = cell.try_borrow_mut();
-            let scores = match borrowed.as_mut() {
-                Ok(b) => &mut **b,
-                Err(_) => &mut fresh,
-            };
-            scores.clear();
-            let mut max = f32::NEG_INFINITY;
-            for t in 0..visible {
-                let kt = k.row(kvh, t, hd);
-                let sc = scale * qi.iter().zip(kt).map(|(a, b)| a * b).sum::<f32>();
-                max = max.max(sc);
-                scores.push(sc);
+    let per_task = heads_per_task(groups, s.n * s.kv_heads, rayon::current_num_threads());
+    let tasks_per_row = s.heads / per_task;
+    out.par_chunks_mut(per_task * hd)
+        .enumerate()
+        .for_each(|(idx, o)| {
+            let (i, first) = (idx / tasks_per_row, (idx % tasks_per_row) * per_task);
+            let visible = s.pos + i + 1;
+            let kvh = first / groups;
+            let query = |h: usize| &q[(h * s.n + i) * hd..(h * s.n + i + 1) * hd];
+            with_scores(HEAD_BLOCK * visible, |scores| {
+                let mut done = 0;
+                while done < per_task {
+                    let h = first + done;
+                    let o = &mut o[done * hd..];
+                    let block = Block {
+                        k,
+                        v,
+                        kvh,
+                        visible,
+                        hd,
+                        scale,
+                    };
+                    done += match per_task - done {
+                        1 => block.run(simd, [query(h)], scores, o),
+                        2 => block.run(simd, [query(h), query(h + 1)], scores, o),
+                        3 => block.run(simd, [query(h), query(h + 1), query(h + 2)], scores, o),
+                        _ => block.run(
+                            simd,
+                            [query(h), query(h + 1), query(h + 2), query(h + 3)],
+                            scores,
+                            o,
+                        ),
+                    };
+                }
+            });
+        });
+    Ok(())
+}
+
+/// Query heads per task: the whole group of a KV head when there are at least as many
+/// (row, KV head) pairs as threads, else the group split (into a divisor of its size) so every
+/// thread has work. Only the scheduling changes with it, never a row's arithmetic.
+fn heads_per_task(groups: usize, pairs: usize, threads: usize) -> usize {
+    let splits = threads.div_ceil(pairs.max(1)).clamp(1, groups);
+    let want = groups.div_ceil(splits);
+    (1..=want)
+        .rev()
+        .find(|d| groups.is_multiple_of(*d))
+        .unwrap_or(1)
+}
+
+/// Whether this CPU runs the AVX2 build (decided once per process; `SPECULA_KERNELS=scalar`
+/// forces the portable one).
+fn simd() -> bool {
+    static SIMD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SIMD.get_or_init(|| crate::Isa::detect() == crate::Isa::Avx2)
+}
+
+/// Runs `f` on the thread's score buffer (at least `len` long), or on a fresh one when the
+/// thread's buffer is in use (a nested call from a pool worker).
+fn with_scores(len: usize, f: impl FnOnce(&mut [f32])) {
+    SCORES.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut b) => {
+            if b.len() < len {
+                b.resize(len, 0.0);
             }
-            let mut sum = 0f32;
-            for sc in scores.iter_mut() {
-                *sc = (*sc - max).exp();
-                sum += *sc;
+            f(&mut b[..len])
+        }
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
+
+/// One (row, KV head) pair and the part of the cache its row may see.
+struct Block<'a> {
+    k: KvView<'a>,
+    v: KvView<'a>,
+    kvh: usize,
+    visible: usize,
+    hd: usize,
+    scale: f32,
+}
+
+impl Block<'_> {
+    /// Attention of `G` query heads of this KV head into `o[..G * hd]`; returns `G`.
+    fn run<const G: usize>(
+        &self,
+        simd: bool,
+        qs: [&[f32]; G],
+        scores: &mut [f32],
+        o: &mut [f32],
+    ) -> usize {
+        let (hd, n) = (self.hd, self.visible);
+        let scores = &mut scores[..G * n];
+        let qs = qs.map(|q| &q[..hd]);
+        let o = &mut o[..G * hd];
+        #[cfg(target_arch = "x86_64")]
+        if simd && hd.is_multiple_of(2 * LANES) {
+            // SAFETY: `simd` is true only when `Isa::detect` found AVX2 and FMA on this CPU; the
+            // slices were cut to the lengths the kernels read (`hd` a multiple of 16).
+            unsafe {
+                for t in 0..n {
+                    let d = avx2_dots(&qs, self.k.row(self.kvh, t, hd));
+                    for g in 0..G {
+                        scores[g * n + t] = self.scale * d[g];
+                    }
+                }
+                let sums = softmax::<G>(scores, n);
+                avx2_weighted_sum::<G>(scores, n, self.v, self.kvh, hd, o);
+                normalize(o, hd, sums);
             }
-            o.iter_mut().for_each(|x| *x = 0.0);
-            for (t, p) in scores.iter().enumerate() {
-                let vt = v.row(kvh, t, hd);
-                for (x, y) in o.iter_mut().zip(vt) {
+            return G;
+        }
+        let _ = simd;
+        for t in 0..n {
+            let d = dots(&qs, self.k.row(self.kvh, t, hd));
+            for g in 0..G {
+                scores[g * n + t] = self.scale * d[g];
+            }
+        }
+        let sums = softmax::<G>(scores, n);
+        o.fill(0.0);
+        for t in 0..n {
+            let vt = self.v.row(self.kvh, t, hd);
+            for (g, og) in o.chunks_exact_mut(hd).enumerate() {
+                let p = scores[g * n + t];
+                for (x, y) in og.iter_mut().zip(vt) {
                     *x += p * y;
                 }
             }
-            let inv = 1.0 / sum;
-            o.iter_mut().for_each(|x| *x *= inv);
-        });
-    });
-    Ok(())
+        }
+        normalize(o, hd, sums);
+        G
+    }
+}
+
+/// Turns each head's `n` scores (`scores[g * n..]`) into unnormalised weights `exp(s - max)` and
+/// returns their sums.
+#[inline(always)]
+fn softmax<const G: usize>(scores: &mut [f32], n: usize) -> [f32; G] {
+    let mut sums = [0f32; G];
+    for (sc, sum) in scores.chunks_exact_mut(n).zip(sums.iter_mut()) {
+        let max = sc.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        for x in sc.iter_mut() {
+            *x = (*x - max).exp();
+            *sum += *x;
+        }
+    }
+    sums
+}
+
+/// Divides each head's output row by its softmax sum.
+#[inline(always)]
+fn normalize<const G: usize>(o: &mut [f32], hd: usize, sums: [f32; G]) {
+    for (og, s) in o.chunks_exact_mut(hd).zip(sums) {
+        let inv = 1.0 / s;
+        og.iter_mut().for_each(|x| *x *= inv);
+    }
+}
+
+/// The dot products of `G` queries with one key row, each over [`LANES`] partial sums (lane `l`
+/// takes the elements `l, l + 8, ...`) added in a fixed order at the end.
+#[inline(always)]
+fn dots<const G: usize>(qs: &[&[f32]; G], k: &[f32]) -> [f32; G] {
+    let hd = k.len();
+    let mut acc = [[0f32; LANES]; G];
+    let whole = hd / LANES * LANES;
+    for c in (0..whole).step_by(LANES) {
+        let kc = &k[c..c + LANES];
+        for g in 0..G {
+            let qc = &qs[g][c..c + LANES];
+            for l in 0..LANES {
+                acc[g][l] += qc[l] * kc[l];
+            }
+        }
+    }
+    for c in whole..hd {
+        for g in 0..G {
+            acc[g][c - whole] += qs[g][c] * k[c];
+        }
+    }
+    acc.map(|a| ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7])))
+}
+
+/// [`dots`] in AVX2 registers: the same multiplications and additions (a separate multiply and
+/// add, never fused) in the same order, so the same bits. `k.len()` must be a multiple of 8 and
+/// each query at least as long.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn avx2_dots<const G: usize>(qs: &[&[f32]; G], k: &[f32]) -> [f32; G] {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm256_setzero_ps(); G];
+    for c in (0..k.len()).step_by(LANES) {
+        let kc = _mm256_loadu_ps(k.as_ptr().add(c));
+        for g in 0..G {
+            let qc = _mm256_loadu_ps(qs[g].as_ptr().add(c));
+            acc[g] = _mm256_add_ps(acc[g], _mm256_mul_ps(qc, kc));
+        }
+    }
+    let mut out = [0f32; G];
+    for g in 0..G {
+        out[g] = crate::avx2::hsum(acc[g]);
+    }
+    out
+}
+
+/// `o[g, :] = sum_t w[g * n + t] * V[t, :]` in t order, 16 columns at a time held in registers
+/// (the same products and sums, in the same order, as the portable loop). `hd` must be a multiple
+/// of 16; `o` is `G * hd` long and `v` holds `n` positions of head `kvh`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn avx2_weighted_sum<const G: usize>(
+    w: &[f32],
+    n: usize,
+    v: KvView<'_>,
+    kvh: usize,
+    hd: usize,
+    o: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    for c in (0..hd).step_by(2 * LANES) {
+        let mut lo = [_mm256_setzero_ps(); G];
+        let mut hi = [_mm256_setzero_ps(); G];
+        for t in 0..n {
+            let vt = v.row(kvh, t, hd).as_ptr().add(c);
+            let (v0, v1) = (_mm256_loadu_ps(vt), _mm256_loadu_ps(vt.add(LANES)));
+            for g in 0..G {
+                let p = _mm256_set1_ps(*w.get_unchecked(g * n + t));
+                lo[g] = _mm256_add_ps(lo[g], _mm256_mul_ps(p, v0));
+                hi[g] = _mm256_add_ps(hi[g], _mm256_mul_ps(p, v1));
+            }
+        }
+        for g in 0..G {
+            let at = o.as_mut_ptr().add(g * hd + c);
+            _mm256_storeu_ps(at, lo[g]);
+            _mm256_storeu_ps(at.add(LANES), hi[g]);
+        }
+    }
 }

@@ -301,17 +301,37 @@ fn bf16_matmul_matches_reference_and_is_batch_invariant() {
 #[test]
 fn attention_matches_naive_softmax_and_is_batch_invariant() {
     let mut rng = Rng(5);
-    let (heads, kv_heads, hd, cap) = (4, 2, 8, 32);
-    let k = random_x(kv_heads * cap * hd, &mut rng);
-    let v = random_x(kv_heads * cap * hd, &mut rng);
+    // (heads, kv_heads, head_dim): a head dimension the AVX2 build does not take (8, 20), groups
+    // of 2, 6 (the 1.5B: a block of 4 and one of 2) and 7 (the 0.5B), and the real 128.
+    for (heads, kv_heads, hd) in [(4, 2, 8), (12, 2, 32), (7, 1, 20), (14, 2, 128)] {
+        attention_case(heads, kv_heads, hd, &mut rng);
+    }
+}
+
+fn attention_case(heads: usize, kv_heads: usize, hd: usize, rng: &mut Rng) {
+    let cap = 32;
+    let k = random_x(kv_heads * cap * hd, rng);
+    let v = random_x(kv_heads * cap * hd, rng);
     let kv = |d| KvView {
         data: d,
         offset: 0,
         head_stride: cap * hd,
         pos_stride: hd,
     };
+    let isas: Vec<bool> = if Isa::Avx2.is_supported() {
+        vec![false, true]
+    } else {
+        vec![false]
+    };
+    let pool = |threads| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+    };
+    let (one_thread, many_threads) = (pool(1), pool(8));
     for (pos, n) in [(0, 1), (5, 1), (5, 4), (10, 9)] {
-        let q = random_x(heads * n * hd, &mut rng);
+        let q = random_x(heads * n * hd, rng);
         let shape = AttentionShape {
             n,
             heads,
@@ -319,8 +339,22 @@ fn attention_matches_naive_softmax_and_is_batch_invariant() {
             head_dim: hd,
             pos,
         };
-        let mut out = vec![0f32; n * heads * hd];
-        causal_attention(&q, kv(&k), kv(&v), shape, 0.35, &mut out).unwrap();
+        let run = |simd: bool, q: &[f32], shape: AttentionShape| {
+            let mut out = vec![0f32; shape.n * heads * hd];
+            attention::attention_on(simd, q, kv(&k), kv(&v), shape, 0.35, &mut out).unwrap();
+            out
+        };
+        let out = one_thread.install(|| run(false, &q, shape));
+        // The AVX2 build and any split into tasks give the portable build's bits.
+        for &simd in &isas {
+            for p in [&one_thread, &many_threads] {
+                let got = p.install(|| run(simd, &q, shape));
+                assert_eq!(
+                    got, out,
+                    "{heads}/{kv_heads}x{hd} pos {pos} n {n} simd {simd}"
+                );
+            }
+        }
         for i in 0..n {
             for h in 0..heads {
                 let kvh = h / (heads / kv_heads);
@@ -359,9 +393,10 @@ fn attention_matches_naive_softmax_and_is_batch_invariant() {
                 pos: pos + i,
                 ..shape
             };
-            let mut single = vec![0f32; heads * hd];
-            causal_attention(&qi, kv(&k), kv(&v), one, 0.35, &mut single).unwrap();
-            assert_eq!(single, out[i * heads * hd..(i + 1) * heads * hd].to_vec());
+            for &simd in &isas {
+                let single = many_threads.install(|| run(simd, &qi, one));
+                assert_eq!(single, out[i * heads * hd..(i + 1) * heads * hd].to_vec());
+            }
         }
     }
     let shape = AttentionShape {
