@@ -70,8 +70,8 @@ struct Args {
     /// Run both turns of each question (the second sees the mode's own first answer).
     #[arg(long)]
     both_turns: bool,
-    /// Draft lengths to run; empty for plain only.
-    #[arg(long, value_delimiter = ',', default_value = "4")]
+    /// Fixed draft lengths to run with the draft model; `--draft-lens` with no value runs none.
+    #[arg(long, value_delimiter = ',', default_value = "4", num_args = 0..)]
     draft_lens: Vec<usize>,
     /// Also run the n-gram (prompt lookup) proposer alone, with the adaptive draft length (mode
     /// `ngram`).
