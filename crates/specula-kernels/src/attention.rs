@@ -113,7 +113,7 @@ pub(crate) fn attention_on(
             v.data.len()
         )));
     }
-    if s.n == 0 {
+    if s.n == 0 || s.heads == 0 {
         return Ok(());
     }
     let groups = s.heads / s.kv_heads;
