@@ -64,7 +64,7 @@ pub struct AttentionShape {
 const LANES: usize = 8;
 
 /// Up to this many query heads of one KV group share each pass over the keys and values.
-pub(crate) const HEAD_BLOCK: usize = 4;
+const HEAD_BLOCK: usize = 4;
 
 thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -126,19 +126,19 @@ pub(crate) fn attention_on(
             let visible = s.pos + i + 1;
             let kvh = first / groups;
             let query = |h: usize| &q[(h * s.n + i) * hd..(h * s.n + i + 1) * hd];
-            with_scores(HEAD_BLOCK * visible, |scores| {
+            let block = Block {
+                k,
+                v,
+                kvh,
+                visible,
+                hd,
+                scale,
+            };
+            crate::with_buf(&SCORES, HEAD_BLOCK * visible, |scores| {
                 let mut done = 0;
                 while done < per_task {
                     let h = first + done;
                     let o = &mut o[done * hd..];
-                    let block = Block {
-                        k,
-                        v,
-                        kvh,
-                        visible,
-                        hd,
-                        scale,
-                    };
                     done += match per_task - done {
                         1 => block.run(simd, [query(h)], scores, o),
                         2 => block.run(simd, [query(h), query(h + 1)], scores, o),
@@ -173,20 +173,6 @@ fn heads_per_task(groups: usize, pairs: usize, threads: usize) -> usize {
 fn simd() -> bool {
     static SIMD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *SIMD.get_or_init(|| crate::Isa::detect() == crate::Isa::Avx2)
-}
-
-/// Runs `f` on the thread's score buffer (at least `len` long), or on a fresh one when the
-/// thread's buffer is in use (a nested call from a pool worker).
-fn with_scores(len: usize, f: impl FnOnce(&mut [f32])) {
-    SCORES.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut b) => {
-            if b.len() < len {
-                b.resize(len, 0.0);
-            }
-            f(&mut b[..len])
-        }
-        Err(_) => f(&mut vec![0.0; len]),
-    })
 }
 
 /// One (row, KV head) pair and the part of the cache its row may see.
