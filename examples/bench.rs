@@ -7,7 +7,8 @@
 //! ```
 //! Each model is loaded once and warmed up with one request (candle repacks weights on first
 //! use); then every run prefills the same ~200-token code prompt and decodes `--tokens` tokens
-//! greedily with EOS ignored (`--repeat 3`: the prompt three times over, ~720 tokens). Prints a Markdown table row per model.
+//! greedily with EOS ignored (`--repeat 3`: the prompt three times over, ~720 tokens). Prints a
+//! Markdown table row per model.
 
 use clap::Parser;
 use specula::{GenerateParams, Generator, ModelSource};
