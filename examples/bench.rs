@@ -30,6 +30,9 @@ struct Args {
     /// The prompt repeated this many times (a longer context: attention's share of a step).
     #[arg(long, default_value_t = 1)]
     repeat: usize,
+    /// Weight dtype: `bf16`, `f16` or `f32` dequantizes the weights at load (default: as stored).
+    #[arg(long)]
+    dtype: Option<String>,
 }
 
 const PROMPT: &str = r#"import heapq
@@ -93,8 +96,20 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         "| model | prompt tokens | prefill tok/s | decode tok/s | ITL p50 ms | ITL p99 ms | runs |"
     );
     println!("|---|---|---|---|---|---|---|");
+    let dtype = match args.dtype.as_deref() {
+        None => None,
+        Some("bf16") => Some(candle_core::DType::BF16),
+        Some("f16") => Some(candle_core::DType::F16),
+        Some("f32") => Some(candle_core::DType::F32),
+        Some(other) => return Err(format!("unknown dtype `{other}`; use bf16, f16 or f32").into()),
+    };
     for m in &args.models {
-        let mut g = Generator::builder().model(ModelSource::parse(m)).build()?;
+        let builder = Generator::builder().model(ModelSource::parse(m));
+        let mut g = match dtype {
+            Some(d) => builder.dtype(d),
+            None => builder,
+        }
+        .build()?;
         let params = GenerateParams {
             ignore_eos: true,
             ..GenerateParams::new(args.tokens)

@@ -109,7 +109,7 @@ unsafe fn tile<K: Kernel, const T: usize>(wrow: &[u8], nb: usize, acts: &[K::Act
 /// How far ahead of the block being decoded its rows are prefetched, in bytes. Decode streams
 /// the weights from memory once per token; the hardware prefetcher alone leaves the kernel waiting
 /// (about 11 GB/s of Q4_K rows on two threads here, 13-16 GB/s with this; 2-8 KB measured alike).
-const PREFETCH_AHEAD: usize = 4096;
+pub(crate) const PREFETCH_AHEAD: usize = 4096;
 
 struct Q4K;
 struct Q6K;

@@ -89,7 +89,7 @@ impl Bf16Matrix {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use crate::avx2::hsum;
+    use crate::avx2::{hsum, PREFETCH_AHEAD};
     use half::bf16;
     use std::arch::x86_64::*;
 
@@ -112,6 +112,9 @@ mod avx2 {
         let main = cols / 16 * 16;
         let mut c = 0;
         while c < main {
+            // Stream the weights ahead of use (as the quantized kernels do); a hint only.
+            let ahead = w.as_ptr().add(c).cast::<u8>().wrapping_add(PREFETCH_AHEAD);
+            _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
             let (w0, w1) = widen(w.as_ptr().add(c));
             for (j, a) in acc.iter_mut().enumerate() {
                 let xp = x.as_ptr().add((j0 + j) * cols + c);
