@@ -36,8 +36,8 @@ struct Args {
     /// Draft GGUF (default: the 0.5B Qwen in the model cache).
     #[arg(long)]
     draft: Option<PathBuf>,
-    /// Draft lengths.
-    #[arg(long, value_delimiter = ',', default_value = "2,4,6")]
+    /// Draft lengths (`--draft-lens` with no value: plain decoding only).
+    #[arg(long, value_delimiter = ',', default_value = "2,4,6", num_args = 0..)]
     draft_lens: Vec<usize>,
     /// How many of the built-in code prompts to run (1..=6).
     #[arg(long, default_value_t = 4)]
