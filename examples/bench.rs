@@ -96,13 +96,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         "| model | prompt tokens | prefill tok/s | decode tok/s | ITL p50 ms | ITL p99 ms | runs |"
     );
     println!("|---|---|---|---|---|---|---|");
-    let dtype = match args.dtype.as_deref() {
-        None => None,
-        Some("bf16") => Some(candle_core::DType::BF16),
-        Some("f16") => Some(candle_core::DType::F16),
-        Some("f32") => Some(candle_core::DType::F32),
-        Some(other) => return Err(format!("unknown dtype `{other}`; use bf16, f16 or f32").into()),
-    };
+    let dtype = args
+        .dtype
+        .as_deref()
+        .map(specula::parse_dtype)
+        .transpose()?;
     for m in &args.models {
         let builder = Generator::builder().model(ModelSource::parse(m));
         let mut g = match dtype {

@@ -128,12 +128,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         builder = builder.draft_len(k);
     }
     if let Some(d) = &args.dtype {
-        builder = builder.dtype(match d.as_str() {
-            "f32" => candle_core::DType::F32,
-            "f16" => candle_core::DType::F16,
-            "bf16" => candle_core::DType::BF16,
-            other => return Err(format!("unknown dtype `{other}`; use f32, f16 or bf16").into()),
-        });
+        builder = builder.dtype(specula::parse_dtype(d)?);
     }
     let mut generator = builder.build()?;
     bar.finish_and_clear();

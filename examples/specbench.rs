@@ -380,13 +380,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     if modes.is_empty() {
         return Err("nothing to run: --no-plain and no --draft-lens, --ngram or --adaptive".into());
     }
-    let dtype = match args.dtype.as_deref() {
-        None => None,
-        Some("bf16") => Some(candle_core::DType::BF16),
-        Some("f16") => Some(candle_core::DType::F16),
-        Some("f32") => Some(candle_core::DType::F32),
-        Some(other) => return Err(format!("unknown dtype `{other}`; use bf16, f16 or f32").into()),
-    };
+    let dtype = args
+        .dtype
+        .as_deref()
+        .map(specula::parse_dtype)
+        .transpose()?;
     let builder = || {
         let mut b = Generator::builder().model(ModelSource::parse(&target));
         if let Some(n) = args.draft_vocab {

@@ -67,6 +67,25 @@ pub enum Error {
 /// Result alias with [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// The weight dtype a command-line name denotes, for [`GeneratorBuilder::dtype`]: `bf16`, `f16`
+/// or `f32` (any case).
+///
+/// ```
+/// assert_eq!(specula::parse_dtype("BF16")?, candle_core::DType::BF16);
+/// assert!(specula::parse_dtype("q4").is_err());
+/// # Ok::<(), specula::Error>(())
+/// ```
+pub fn parse_dtype(name: &str) -> Result<candle_core::DType> {
+    match name.to_ascii_lowercase().as_str() {
+        "bf16" => Ok(candle_core::DType::BF16),
+        "f16" => Ok(candle_core::DType::F16),
+        "f32" => Ok(candle_core::DType::F32),
+        _ => Err(Error::Config(format!(
+            "unknown dtype `{name}`; use bf16, f16 or f32"
+        ))),
+    }
+}
+
 /// Sets the number of CPU threads used by the tensor kernels (candle's GEMM and quantized
 /// matmuls). Call it once, before loading a model; later calls only affect candle's GEMM.
 /// Benchmarks and tests pin the count because candle's pool spins: a busy second process on

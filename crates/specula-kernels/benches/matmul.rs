@@ -11,29 +11,10 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use specula_kernels::{causal_attention, AttentionShape, KvView, QMatrix, QuantType};
 
+mod common;
+
 fn matrix(ty: QuantType, rows: usize, cols: usize) -> QMatrix {
-    let blocks = rows * cols / ty.block_elems();
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut data: Vec<u8> = (0..blocks * ty.block_bytes())
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect();
-    // Finite f16 scales (0x2000 is about 0.0078).
-    let at = match ty {
-        QuantType::Q6K => vec![208],
-        QuantType::Q4K => vec![0, 2],
-        _ => vec![0],
-    };
-    for blk in data.chunks_exact_mut(ty.block_bytes()) {
-        for &a in &at {
-            blk[a..a + 2].copy_from_slice(&0x2000u16.to_le_bytes());
-        }
-    }
-    match QMatrix::new(ty, rows, cols, data) {
+    match common::random_matrix(ty, rows, cols, 0) {
         Ok(m) => m,
         Err(e) => panic!("bench matrix: {e}"),
     }

@@ -10,33 +10,11 @@
 //! bytes read per second: the median and range over 11 timed passes after one warm-up pass.
 //! `RAYON_NUM_THREADS` sets the thread count (default 2).
 
-use specula_kernels::{QMatrix, QuantType};
+use specula_kernels::QuantType;
 use std::time::Instant;
 
-fn matrix(ty: QuantType, rows: usize, cols: usize, seed: u64) -> Result<QMatrix, String> {
-    let blocks = rows * cols / ty.block_elems();
-    let mut state = 0x2545_f491_4f6c_dd1du64 ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    let mut data: Vec<u8> = (0..blocks * ty.block_bytes())
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect();
-    // Finite f16 scales (0x2000 is about 0.0078).
-    let at: &[usize] = match ty {
-        QuantType::Q6K => &[208],
-        QuantType::Q4K => &[0, 2],
-        _ => &[0],
-    };
-    for blk in data.chunks_exact_mut(ty.block_bytes()) {
-        for &a in at {
-            blk[a..a + 2].copy_from_slice(&0x2000u16.to_le_bytes());
-        }
-    }
-    QMatrix::new(ty, rows, cols, data).map_err(|e| e.to_string())
-}
+#[path = "../benches/common/mod.rs"]
+mod common;
 
 fn arg<T: std::str::FromStr>(args: &[String], i: usize, default: T) -> Result<T, String> {
     match args.get(i) {
@@ -74,7 +52,7 @@ fn main() -> Result<(), String> {
     }
     let count = (mb << 20) / bytes_each + 1;
     let ms = (0..count)
-        .map(|i| matrix(ty, rows, cols, i as u64))
+        .map(|i| common::random_matrix(ty, rows, cols, i as u64).map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>, _>>()?;
     let x: Vec<f32> = (0..n * cols)
         .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
