@@ -47,9 +47,9 @@ unsafe fn drive<K: Kernel>(w: &[u8], nb: usize, acts: &[K::Act], n: usize, out: 
             let t = (n - t0).min(TILE);
             let (a, o) = (&acts[t0 * nb..], &mut o[t0..t0 + t]);
             match t {
+                _ if t > K::FIXED_TILE_MAX => tile_dyn::<K>(wrow, nb, a, o),
                 1 => tile::<K, 1>(wrow, nb, a, o),
                 2 => tile::<K, 2>(wrow, nb, a, o),
-                _ if t > K::FIXED_TILE_MAX => tile_dyn::<K>(wrow, nb, a, o),
                 3 => tile::<K, 3>(wrow, nb, a, o),
                 4 => tile::<K, 4>(wrow, nb, a, o),
                 5 => tile::<K, 5>(wrow, nb, a, o),
