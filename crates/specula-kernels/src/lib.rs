@@ -34,9 +34,12 @@
 mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx2_x8;
 mod bf16;
 mod blocks;
 mod scalar;
+mod x8;
 
 pub use attention::{causal_attention, AttentionShape, KvView};
 pub use bf16::Bf16Matrix;
@@ -167,7 +170,7 @@ impl QuantType {
 pub enum Isa {
     /// Portable Rust.
     Scalar,
-    /// x86-64 AVX2 + FMA.
+    /// x86-64 AVX2 + FMA + F16C (every AVX2 CPU has the last two).
     Avx2,
 }
 
@@ -201,6 +204,7 @@ impl Isa {
             Isa::Avx2 => {
                 std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("fma")
+                    && std::arch::is_x86_feature_detected!("f16c")
             }
             #[cfg(not(target_arch = "x86_64"))]
             Isa::Avx2 => false,
@@ -215,7 +219,10 @@ pub struct QMatrix {
     ty: QuantType,
     rows: usize,
     cols: usize,
+    /// The GGUF bytes, the first `x8_rows` rows in the interleaved layout of [`x8`].
     data: Vec<u8>,
+    /// Leading rows stored interleaved (0, or a multiple of eight for Q5_0 / Q8_0 on AVX2).
+    x8_rows: usize,
     isa: Isa,
 }
 
@@ -274,13 +281,38 @@ impl QMatrix {
                 got: data.len(),
             });
         }
-        Ok(Self {
+        Ok(Self::laid_out(ty, rows, cols, data, Isa::detect()))
+    }
+
+    /// The matrix from GGUF bytes (already checked), in the layout `isa`'s kernels read.
+    fn laid_out(ty: QuantType, rows: usize, cols: usize, data: Vec<u8>, isa: Isa) -> Self {
+        let x8_rows = if isa == Isa::Avx2 && x8::supports(ty) {
+            x8::grouped_rows(rows)
+        } else {
+            0
+        };
+        let data = if x8_rows > 0 {
+            x8::pack(ty, rows, cols, &data)
+        } else {
+            data
+        };
+        Self {
             ty,
             rows,
             cols,
             data,
-            isa: Isa::detect(),
-        })
+            x8_rows,
+            isa,
+        }
+    }
+
+    /// The weights in plain GGUF layout.
+    fn gguf_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
+        if self.x8_rows > 0 {
+            std::borrow::Cow::Owned(x8::unpack(self.ty, self.rows, self.cols, &self.data))
+        } else {
+            std::borrow::Cow::Borrowed(&self.data)
+        }
     }
 
     /// The first `rows` rows as a matrix of their own (for example an output projection limited
@@ -293,19 +325,15 @@ impl QMatrix {
             });
         }
         let row_bytes = (self.cols / self.ty.block_elems()) * self.ty.block_bytes();
-        Ok(Self {
-            ty: self.ty,
-            rows,
-            cols: self.cols,
-            data: self.data[..rows * row_bytes].to_vec(),
-            isa: self.isa,
-        })
+        let data = self.gguf_bytes()[..rows * row_bytes].to_vec();
+        Ok(Self::laid_out(self.ty, rows, self.cols, data, self.isa))
     }
 
     /// The same matrix on instruction set `isa` (for tests and benchmarks).
-    pub fn with_isa(mut self, isa: Isa) -> Result<Self, KernelError> {
-        self.isa = isa.checked()?;
-        Ok(self)
+    pub fn with_isa(self, isa: Isa) -> Result<Self, KernelError> {
+        let isa = isa.checked()?;
+        let data = self.gguf_bytes().into_owned();
+        Ok(Self::laid_out(self.ty, self.rows, self.cols, data, isa))
     }
 
     /// The quantization type.
@@ -333,7 +361,7 @@ impl QMatrix {
         let mut out = vec![0f32; self.rows * self.cols];
         let be = self.ty.block_elems();
         for (blk, o) in self
-            .data
+            .gguf_bytes()
             .chunks_exact(self.ty.block_bytes())
             .zip(out.chunks_exact_mut(be))
         {
@@ -376,13 +404,18 @@ impl QMatrix {
     {
         let row_bytes = nb * self.ty.block_bytes();
         let threads = rayon::current_num_threads().max(1);
-        // Enough chunks to balance the pool, each large enough to amortise scheduling.
-        let chunk = self.rows.div_ceil(threads * 4).max(16);
+        // Enough chunks to balance the pool, each large enough to amortise scheduling, and
+        // whole interleaved groups.
+        let chunk = self
+            .rows
+            .div_ceil(threads * 4)
+            .max(16)
+            .next_multiple_of(x8::GROUP);
         if n == 1 {
             y.par_chunks_mut(chunk).enumerate().for_each(|(c, out)| {
                 let r0 = c * chunk;
                 let w = &self.data[r0 * row_bytes..(r0 + out.len()) * row_bytes];
-                self.rows_kernel(w, nb, acts, 1, out);
+                self.split_rows(r0, w, nb, acts, 1, out);
             });
             return;
         }
@@ -393,10 +426,29 @@ impl QMatrix {
                 .for_each(|(c, out)| {
                     let r0 = c * chunk;
                     let w = &self.data[r0 * row_bytes..(r0 + out.len() / n) * row_bytes];
-                    self.rows_kernel(w, nb, acts, n, out);
+                    self.split_rows(r0, w, nb, acts, n, out);
                 });
             transpose_into(out_t, n, self.rows, y);
         });
+    }
+
+    /// Runs the rows `r0..` of one chunk (weights `w`, results `out`): its interleaved rows on the
+    /// interleaved kernel, the rest on the row kernel.
+    fn split_rows<A>(&self, r0: usize, w: &[u8], nb: usize, acts: &[A], n: usize, out: &mut [f32])
+    where
+        Self: RowKernel<A>,
+    {
+        let rows = out.len() / n;
+        let grouped = self.x8_rows.saturating_sub(r0).min(rows);
+        let row_bytes = w.len() / rows.max(1);
+        let (wg, wr) = w.split_at(grouped * row_bytes);
+        let (og, or) = out.split_at_mut(grouped * n);
+        if grouped > 0 {
+            self.x8_kernel(wg, nb, acts, n, og);
+        }
+        if grouped < rows {
+            self.rows_kernel(wr, nb, acts, n, or);
+        }
     }
 }
 
@@ -438,7 +490,10 @@ pub(crate) fn transpose_into(out_t: &[f32], n: usize, rows: usize, y: &mut [f32]
 
 /// Dispatch of one chunk of rows to the kernel of the matrix's type and instruction set.
 trait RowKernel<A> {
+    /// Rows in GGUF layout.
     fn rows_kernel(&self, w: &[u8], nb: usize, acts: &[A], n: usize, out: &mut [f32]);
+    /// Rows in the interleaved layout (only Q5_0 / Q8_0 on AVX2 have them).
+    fn x8_kernel(&self, w: &[u8], nb: usize, acts: &[A], n: usize, out: &mut [f32]);
 }
 
 impl RowKernel<BlockQ8K> for QMatrix {
@@ -455,6 +510,11 @@ impl RowKernel<BlockQ8K> for QMatrix {
             _ => scalar::rows(w, Q6K_BYTES, nb, acts, n, out, scalar::dot_q6k),
         }
     }
+
+    fn x8_kernel(&self, w: &[u8], nb: usize, acts: &[BlockQ8K], n: usize, out: &mut [f32]) {
+        // The k-quants are never interleaved (`x8::supports`).
+        self.rows_kernel(w, nb, acts, n, out)
+    }
 }
 
 impl RowKernel<BlockQ8_32> for QMatrix {
@@ -468,6 +528,25 @@ impl RowKernel<BlockQ8_32> for QMatrix {
             (QuantType::Q8_0, Isa::Avx2) => unsafe { avx2::rows_q80(w, nb, acts, n, out) },
             (QuantType::Q5_0, _) => scalar::rows(w, Q50_BYTES, nb, acts, n, out, scalar::dot_q50),
             _ => scalar::rows(w, Q80_BYTES, nb, acts, n, out, scalar::dot_q80),
+        }
+    }
+
+    fn x8_kernel(&self, w: &[u8], nb: usize, acts: &[BlockQ8_32], n: usize, out: &mut [f32]) {
+        match (self.ty, self.isa) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: rows are interleaved only when `isa` is Avx2, which `Isa::is_supported`
+            // confirmed; `w` holds whole groups (chunks are multiples of eight rows).
+            (QuantType::Q5_0, Isa::Avx2) => unsafe { avx2_x8::rows_q50(w, nb, acts, n, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            (QuantType::Q8_0, Isa::Avx2) => unsafe { avx2_x8::rows_q80(w, nb, acts, n, out) },
+            // Never reached: only Q5_0 / Q8_0 on AVX2 are interleaved. Unpacking keeps the
+            // result right should that ever change.
+            _ => {
+                let rows = out.len() / n;
+                let plain = x8::unpack(self.ty, rows, self.cols, w);
+                self.rows_kernel(&plain, nb, acts, n, out)
+            }
         }
     }
 }
