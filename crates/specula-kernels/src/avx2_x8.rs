@@ -1,4 +1,4 @@
-//! AVX2 kernels for the interleaved Q5_0 / Q8_0 layout ([`crate::x8`]): lane `r` of every
+//! AVX2 kernels for the interleaved layout ([`crate::x8`]): lane `r` of every
 //! vector belongs to row `r` of an eight-row group, so a block's integer dot products for all
 //! eight rows come out of a few vertical instructions and one scale multiply.
 //!
@@ -7,8 +7,8 @@
 //! one fused multiply-add per block in block order.
 
 use crate::avx2::PREFETCH_AHEAD;
-use crate::blocks::{BlockQ8_32, Q50_BYTES, Q80_BYTES};
-use crate::x8::GROUP;
+use crate::blocks::{BlockQ8K, BlockQ8_32, Q50_BYTES, Q80_BYTES};
+use crate::x8::{GROUP, Q4K_SB_BYTES};
 use std::arch::x86_64::*;
 
 /// Activation rows per pass over a group's weights (four keeps the integer sums, the float
@@ -17,27 +17,45 @@ const TILE: usize = 4;
 
 /// One interleaved format.
 trait X8 {
-    /// Bytes of a super-block (eight rows by one 32-weight block).
+    /// The activation block type.
+    type Act;
+    /// Bytes of a super-block (eight rows by one block).
     const SB_BYTES: usize;
-    /// The super-block's integer dot products with `T` activation blocks: lane `r` of result
-    /// `j` is `sum_i q[r][i] * a[j][i]`, the weights with their zero point removed.
-    unsafe fn dots<const T: usize>(sb: *const u8, a: &[&BlockQ8_32; T]) -> [__m256i; T];
+    /// Adds the super-block's dot products with `T` activation blocks to the accumulators: lane
+    /// `r` of `acc[j]` gains row `r` . activation block `j`.
+    unsafe fn apply<const T: usize>(sb: *const u8, a: &[&Self::Act; T], acc: &mut [__m256; T]);
 }
 
-/// Activation bytes `4k..4k + 4` in every lane.
+/// Activation bytes `4k..4k + 4` (of `qs`) in every lane.
 #[inline(always)]
-unsafe fn quad(a: &BlockQ8_32, k: usize) -> __m256i {
-    _mm256_set1_epi32((a.qs.as_ptr().add(4 * k) as *const i32).read_unaligned())
+unsafe fn quad(qs: &[i8], k: usize) -> __m256i {
+    _mm256_set1_epi32((qs.as_ptr().add(4 * k) as *const i32).read_unaligned())
+}
+
+/// `acc[j] += (scales * d_j) * sumi[j]` for the 32-element formats.
+#[inline(always)]
+unsafe fn scale_into<const T: usize>(
+    sb: *const u8,
+    sumi: [__m256i; T],
+    a: &[&BlockQ8_32; T],
+    acc: &mut [__m256; T],
+) {
+    let scales = _mm256_cvtph_ps(_mm_loadu_si128(sb as *const __m128i));
+    for ((acc, s), a) in acc.iter_mut().zip(sumi).zip(a) {
+        let d = _mm256_mul_ps(scales, _mm256_broadcast_ss(&a.d));
+        *acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), *acc);
+    }
 }
 
 struct Q80;
 struct Q50;
 
 impl X8 for Q80 {
+    type Act = BlockQ8_32;
     const SB_BYTES: usize = GROUP * Q80_BYTES;
 
     #[inline(always)]
-    unsafe fn dots<const T: usize>(sb: *const u8, a: &[&BlockQ8_32; T]) -> [__m256i; T] {
+    unsafe fn apply<const T: usize>(sb: *const u8, a: &[&BlockQ8_32; T], acc: &mut [__m256; T]) {
         let ones = _mm256_set1_epi16(1);
         let mut sumi = [_mm256_setzero_si256(); T];
         for k in 0..8 {
@@ -45,11 +63,11 @@ impl X8 for Q80 {
             let aw = _mm256_abs_epi8(w);
             for (s, a) in sumi.iter_mut().zip(a) {
                 // |w| * sign(a, w) = w * a with an unsigned first operand; pair sums fit i16.
-                let p = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(quad(a, k), w));
+                let p = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(quad(&a.qs, k), w));
                 *s = _mm256_add_epi32(*s, _mm256_madd_epi16(p, ones));
             }
         }
-        sumi
+        scale_into(sb, sumi, a, acc)
     }
 }
 
@@ -71,10 +89,11 @@ unsafe fn fifth_bit(h: __m256i, k: usize) -> __m256i {
 }
 
 impl X8 for Q50 {
+    type Act = BlockQ8_32;
     const SB_BYTES: usize = GROUP * Q50_BYTES;
 
     #[inline(always)]
-    unsafe fn dots<const T: usize>(sb: *const u8, a: &[&BlockQ8_32; T]) -> [__m256i; T] {
+    unsafe fn apply<const T: usize>(sb: *const u8, a: &[&BlockQ8_32; T], acc: &mut [__m256; T]) {
         let m4 = _mm256_set1_epi8(0x0f);
         let ones = _mm256_set1_epi16(1);
         let h = _mm256_loadu_si256(sb.add(144) as *const __m256i);
@@ -100,12 +119,12 @@ impl X8 for Q50 {
                 // Pair sums reach 2 * 31 * 127, four of them 31496: exact in i16.
                 let p = _mm256_add_epi16(
                     _mm256_add_epi16(
-                        _mm256_maddubs_epi16(u[0], quad(a, k0)),
-                        _mm256_maddubs_epi16(u[1], quad(a, k0 + 1)),
+                        _mm256_maddubs_epi16(u[0], quad(&a.qs, k0)),
+                        _mm256_maddubs_epi16(u[1], quad(&a.qs, k0 + 1)),
                     ),
                     _mm256_add_epi16(
-                        _mm256_maddubs_epi16(u[2], quad(a, k0 + 2)),
-                        _mm256_maddubs_epi16(u[3], quad(a, k0 + 3)),
+                        _mm256_maddubs_epi16(u[2], quad(&a.qs, k0 + 2)),
+                        _mm256_maddubs_epi16(u[3], quad(&a.qs, k0 + 3)),
                     ),
                 );
                 *s = _mm256_add_epi32(*s, _mm256_madd_epi16(p, ones));
@@ -115,14 +134,87 @@ impl X8 for Q50 {
         for (s, a) in sumi.iter_mut().zip(a) {
             *s = _mm256_sub_epi32(*s, _mm256_set1_epi32(a.sum << 4));
         }
-        sumi
+        scale_into(sb, sumi, a, acc)
+    }
+}
+
+/// Copies the first (`odd` false) or second i16 of each 32-bit lane over both halves:
+/// `(x0, x1) -> (x0, x0)` or `(x1, x1)`.
+#[inline(always)]
+unsafe fn dup_lanes(v: __m256i, odd: bool) -> __m256i {
+    let ctrl = if odd {
+        _mm256_setr_epi8(
+            2, 3, 2, 3, 6, 7, 6, 7, 10, 11, 10, 11, 14, 15, 14, 15, 2, 3, 2, 3, 6, 7, 6, 7, 10, 11,
+            10, 11, 14, 15, 14, 15,
+        )
+    } else {
+        _mm256_setr_epi8(
+            0, 1, 0, 1, 4, 5, 4, 5, 8, 9, 8, 9, 12, 13, 12, 13, 0, 1, 0, 1, 4, 5, 4, 5, 8, 9, 8, 9,
+            12, 13, 12, 13,
+        )
+    };
+    _mm256_shuffle_epi8(v, ctrl)
+}
+
+struct Q4K;
+
+impl X8 for Q4K {
+    type Act = BlockQ8K;
+    const SB_BYTES: usize = Q4K_SB_BYTES;
+
+    #[inline(always)]
+    unsafe fn apply<const T: usize>(sb: *const u8, a: &[&BlockQ8K; T], acc: &mut [__m256; T]) {
+        let m4 = _mm256_set1_epi8(0x0f);
+        let mut sumi = [_mm256_setzero_si256(); T];
+        let mut summ = [_mm256_setzero_si256(); T];
+        for p in 0..4 {
+            // Lane pair r: row r's scales (minimums) of chunks 2p and 2p + 1.
+            let sc = _mm256_cvtepu8_epi16(_mm_loadu_si128(sb.add(32 + 16 * p) as *const __m128i));
+            let mn = _mm256_cvtepu8_epi16(_mm_loadu_si128(sb.add(96 + 16 * p) as *const __m128i));
+            let (sc_even, sc_odd) = (dup_lanes(sc, false), dup_lanes(sc, true));
+            let planes = sb.add(160 + 256 * p);
+            let mut even = [_mm256_setzero_si256(); T];
+            let mut odd = [_mm256_setzero_si256(); T];
+            for i in 0..8 {
+                let v = _mm256_loadu_si256(planes.add(32 * i) as *const __m256i);
+                let lo = _mm256_and_si256(v, m4);
+                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
+                for j in 0..T {
+                    // Pair sums reach 2 * 15 * 127; eight of them 30480: exact in i16.
+                    let qs = &a[j].qs;
+                    even[j] =
+                        _mm256_add_epi16(even[j], _mm256_maddubs_epi16(lo, quad(qs, 16 * p + i)));
+                    odd[j] = _mm256_add_epi16(
+                        odd[j],
+                        _mm256_maddubs_epi16(hi, quad(qs, 16 * p + 8 + i)),
+                    );
+                }
+            }
+            for j in 0..T {
+                let s = _mm256_add_epi32(
+                    _mm256_madd_epi16(even[j], sc_even),
+                    _mm256_madd_epi16(odd[j], sc_odd),
+                );
+                sumi[j] = _mm256_add_epi32(sumi[j], s);
+                // (csum of chunk 2p, of chunk 2p + 1) in every lane pair.
+                let cs = (a[j].csums.as_ptr().add(2 * p) as *const i32).read_unaligned();
+                summ[j] = _mm256_add_epi32(summ[j], _mm256_madd_epi16(mn, _mm256_set1_epi32(cs)));
+            }
+        }
+        let d = _mm256_cvtph_ps(_mm_loadu_si128(sb as *const __m128i));
+        let dmin = _mm256_cvtph_ps(_mm_loadu_si128(sb.add(16) as *const __m128i));
+        for j in 0..T {
+            let ad = _mm256_broadcast_ss(&a[j].d);
+            let x = _mm256_fmadd_ps(_mm256_mul_ps(d, ad), _mm256_cvtepi32_ps(sumi[j]), acc[j]);
+            acc[j] = _mm256_fnmadd_ps(_mm256_mul_ps(dmin, ad), _mm256_cvtepi32_ps(summ[j]), x);
+        }
     }
 }
 
 /// Runs kernel `K` over whole groups: `out[r * n + j]` = row `r` . activation row `j`, for the
 /// `out.len() / n` rows (a multiple of eight) whose interleaved bytes are `w`.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn drive<K: X8>(w: &[u8], nb: usize, acts: &[BlockQ8_32], n: usize, out: &mut [f32]) {
+unsafe fn drive<K: X8>(w: &[u8], nb: usize, acts: &[K::Act], n: usize, out: &mut [f32]) {
     let group_bytes = nb * K::SB_BYTES;
     for (gw, o) in w
         .chunks_exact(group_bytes)
@@ -147,7 +239,7 @@ unsafe fn drive<K: X8>(w: &[u8], nb: usize, acts: &[BlockQ8_32], n: usize, out: 
 unsafe fn tile<K: X8, const T: usize>(
     gw: &[u8],
     nb: usize,
-    acts: &[BlockQ8_32],
+    acts: &[K::Act],
     n: usize,
     t0: usize,
     o: &mut [f32],
@@ -158,13 +250,8 @@ unsafe fn tile<K: X8, const T: usize>(
             let ahead = sb.as_ptr().wrapping_add(PREFETCH_AHEAD + 64 * l);
             _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
         }
-        let a: [&BlockQ8_32; T] = std::array::from_fn(|j| &acts[(t0 + j) * nb + b]);
-        let sumi = K::dots::<T>(sb.as_ptr(), &a);
-        let scales = _mm256_cvtph_ps(_mm_loadu_si128(sb.as_ptr() as *const __m128i));
-        for ((acc, s), a) in acc.iter_mut().zip(sumi).zip(a) {
-            let d = _mm256_mul_ps(scales, _mm256_broadcast_ss(&a.d));
-            *acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), *acc);
-        }
+        let a: [&K::Act; T] = std::array::from_fn(|j| &acts[(t0 + j) * nb + b]);
+        K::apply::<T>(sb.as_ptr(), &a, &mut acc);
     }
     for (j, acc) in acc.iter().enumerate() {
         let mut lanes = [0f32; GROUP];
@@ -180,6 +267,11 @@ unsafe fn tile<K: X8, const T: usize>(
 /// interleaved layout and `acts` `n` rows of `nb` blocks.
 pub(crate) unsafe fn rows_q50(w: &[u8], nb: usize, acts: &[BlockQ8_32], n: usize, out: &mut [f32]) {
     drive::<Q50>(w, nb, acts, n, out)
+}
+
+/// Interleaved Q4_K groups times Q8_K activation blocks (safety as [`rows_q50`]).
+pub(crate) unsafe fn rows_q4k(w: &[u8], nb: usize, acts: &[BlockQ8K], n: usize, out: &mut [f32]) {
+    drive::<Q4K>(w, nb, acts, n, out)
 }
 
 /// Interleaved Q8_0 groups times 32-element activation blocks (safety as [`rows_q50`]).

@@ -121,6 +121,8 @@ pub struct BlockQ8K {
     pub qs: [i8; QK_K],
     /// Sums of `qs` over each 16 consecutive elements.
     pub bsums: [i16; 16],
+    /// Sums of `qs` over each 32 consecutive elements.
+    pub csums: [i16; 8],
     /// The scale.
     pub d: f32,
 }
@@ -130,6 +132,7 @@ impl Default for BlockQ8K {
         Self {
             qs: [0; QK_K],
             bsums: [0; 16],
+            csums: [0; 8],
             d: 0.0,
         }
     }
@@ -177,6 +180,9 @@ pub fn quantize_row_q8k(x: &[f32], out: &mut [BlockQ8K]) {
         blk.d = quantize_block(xs, &mut blk.qs);
         for (s, q) in blk.bsums.iter_mut().zip(blk.qs.chunks_exact(16)) {
             *s = q.iter().map(|&v| v as i16).sum();
+        }
+        for (c, pair) in blk.csums.iter_mut().zip(blk.bsums.chunks_exact(2)) {
+            *c = pair[0] + pair[1];
         }
     }
 }

@@ -402,7 +402,6 @@ impl QMatrix {
     where
         Self: RowKernel<A>,
     {
-        let row_bytes = nb * self.ty.block_bytes();
         let threads = rayon::current_num_threads().max(1);
         // Enough chunks to balance the pool, each large enough to amortise scheduling, and
         // whole interleaved groups.
@@ -411,10 +410,11 @@ impl QMatrix {
             .div_ceil(threads * 4)
             .max(16)
             .next_multiple_of(x8::GROUP);
+        let at = |r: usize| x8::row_offset(self.ty, self.cols, self.x8_rows, r);
         if n == 1 {
             y.par_chunks_mut(chunk).enumerate().for_each(|(c, out)| {
                 let r0 = c * chunk;
-                let w = &self.data[r0 * row_bytes..(r0 + out.len()) * row_bytes];
+                let w = &self.data[at(r0)..at(r0 + out.len())];
                 self.split_rows(r0, w, nb, acts, 1, out);
             });
             return;
@@ -425,7 +425,7 @@ impl QMatrix {
                 .enumerate()
                 .for_each(|(c, out)| {
                     let r0 = c * chunk;
-                    let w = &self.data[r0 * row_bytes..(r0 + out.len() / n) * row_bytes];
+                    let w = &self.data[at(r0)..at(r0 + out.len() / n)];
                     self.split_rows(r0, w, nb, acts, n, out);
                 });
             transpose_into(out_t, n, self.rows, y);
@@ -440,8 +440,8 @@ impl QMatrix {
     {
         let rows = out.len() / n;
         let grouped = self.x8_rows.saturating_sub(r0).min(rows);
-        let row_bytes = w.len() / rows.max(1);
-        let (wg, wr) = w.split_at(grouped * row_bytes);
+        let split = x8::row_offset(self.ty, self.cols, grouped, grouped);
+        let (wg, wr) = w.split_at(split);
         let (og, or) = out.split_at_mut(grouped * n);
         if grouped > 0 {
             self.x8_kernel(wg, nb, acts, n, og);
@@ -492,7 +492,7 @@ pub(crate) fn transpose_into(out_t: &[f32], n: usize, rows: usize, y: &mut [f32]
 trait RowKernel<A> {
     /// Rows in GGUF layout.
     fn rows_kernel(&self, w: &[u8], nb: usize, acts: &[A], n: usize, out: &mut [f32]);
-    /// Rows in the interleaved layout (only Q5_0 / Q8_0 on AVX2 have them).
+    /// Rows in the interleaved layout (AVX2 only).
     fn x8_kernel(&self, w: &[u8], nb: usize, acts: &[A], n: usize, out: &mut [f32]);
 }
 
@@ -512,8 +512,18 @@ impl RowKernel<BlockQ8K> for QMatrix {
     }
 
     fn x8_kernel(&self, w: &[u8], nb: usize, acts: &[BlockQ8K], n: usize, out: &mut [f32]) {
-        // The k-quants are never interleaved (`x8::supports`).
-        self.rows_kernel(w, nb, acts, n, out)
+        match (self.ty, self.isa) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: rows are interleaved only when `isa` is Avx2, which `Isa::is_supported`
+            // confirmed; `w` holds whole groups (chunks are multiples of eight rows).
+            (QuantType::Q4K, Isa::Avx2) => unsafe { avx2_x8::rows_q4k(w, nb, acts, n, out) },
+            // Never reached: only AVX2 matrices are interleaved. Unpacking keeps the result right
+            // should that ever change.
+            _ => {
+                let plain = x8::unpack(self.ty, out.len() / n, self.cols, w);
+                self.rows_kernel(&plain, nb, acts, n, out)
+            }
+        }
     }
 }
 
@@ -540,11 +550,10 @@ impl RowKernel<BlockQ8_32> for QMatrix {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
             (QuantType::Q8_0, Isa::Avx2) => unsafe { avx2_x8::rows_q80(w, nb, acts, n, out) },
-            // Never reached: only Q5_0 / Q8_0 on AVX2 are interleaved. Unpacking keeps the
-            // result right should that ever change.
+            // Never reached: only AVX2 matrices are interleaved. Unpacking keeps the result right
+            // should that ever change.
             _ => {
-                let rows = out.len() / n;
-                let plain = x8::unpack(self.ty, rows, self.cols, w);
+                let plain = x8::unpack(self.ty, out.len() / n, self.cols, w);
                 self.rows_kernel(&plain, nb, acts, n, out)
             }
         }
