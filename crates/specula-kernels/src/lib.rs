@@ -4,8 +4,13 @@
 //! the Qwen2.5 Q4_K_M files) and multiplies it by `n` activation rows at once:
 //!
 //! * **Weight-stationary.** Each weight block is read from memory and unpacked once per call and
-//!   applied to every activation row (in tiles of 8), so verifying `n` drafted tokens costs far
-//!   less than `n` single-token forwards — the cost curve speculative decoding lives on.
+//!   applied to every activation row (in tiles of 4 or 8), so verifying `n` drafted tokens costs
+//!   far less than `n` single-token forwards — the cost curve speculative decoding lives on.
+//! * **Interleaved rows.** On AVX2, Q4_K, Q5_0 and Q8_0 matrices are rearranged at load into
+//!   groups of eight rows (the `x8` layout: one vector lane per row), so a block's unpacking and
+//!   scaling is shared by eight rows and no horizontal sums are needed; Q6_K and the last
+//!   `rows % 8` rows keep the GGUF layout. [`QMatrix::dequantize`] and [`QMatrix::top_rows`] see
+//!   the GGUF bytes either way.
 //! * **Batch-invariant.** A row's result is bit-identical whatever `n` is and wherever the row
 //!   sits in the batch: activations are quantized per row, each (weight row, activation row) pair
 //!   has its own accumulators, and the instruction sequence never depends on `n`. Greedy
