@@ -211,15 +211,13 @@ impl X8 for Q4K {
     }
 }
 
-/// Runs kernel `K` over whole groups: `out[r * n + j]` = row `r` . activation row `j`, for the
-/// `out.len() / n` rows (a multiple of eight) whose interleaved bytes are `w`.
+/// Runs kernel `K` over groups: `out[r * n + j]` = row `r` . activation row `j`, for the
+/// `out.len() / n` rows whose interleaved groups are `w` (the last group may be padded: only its
+/// real rows are written).
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn drive<K: X8>(w: &[u8], nb: usize, acts: &[K::Act], n: usize, out: &mut [f32]) {
     let group_bytes = nb * K::SB_BYTES;
-    for (gw, o) in w
-        .chunks_exact(group_bytes)
-        .zip(out.chunks_exact_mut(GROUP * n))
-    {
+    for (gw, o) in w.chunks_exact(group_bytes).zip(out.chunks_mut(GROUP * n)) {
         let mut t0 = 0;
         while t0 < n {
             let t = (n - t0).min(TILE);
@@ -256,15 +254,15 @@ unsafe fn tile<K: X8, const T: usize>(
     for (j, acc) in acc.iter().enumerate() {
         let mut lanes = [0f32; GROUP];
         _mm256_storeu_ps(lanes.as_mut_ptr(), *acc);
-        for (r, v) in lanes.iter().enumerate() {
+        for (r, v) in lanes.iter().enumerate().take(o.len() / n) {
             o[r * n + t0 + j] = *v;
         }
     }
 }
 
 /// Interleaved Q5_0 groups times 32-element activation blocks. Safety: the CPU must support
-/// AVX2, FMA and F16C; `w` holds `out.len() / n` rows (a multiple of eight) of `nb` blocks in the
-/// interleaved layout and `acts` `n` rows of `nb` blocks.
+/// AVX2, FMA and F16C; `w` holds the interleaved groups of `out.len() / n` rows of `nb` blocks
+/// and `acts` `n` rows of `nb` blocks.
 pub(crate) unsafe fn rows_q50(w: &[u8], nb: usize, acts: &[BlockQ8_32], n: usize, out: &mut [f32]) {
     drive::<Q50>(w, nb, acts, n, out)
 }

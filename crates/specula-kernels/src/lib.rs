@@ -8,9 +8,9 @@
 //!   far less than `n` single-token forwards — the cost curve speculative decoding lives on.
 //! * **Interleaved rows.** On AVX2, Q4_K, Q5_0 and Q8_0 matrices are rearranged at load into
 //!   groups of eight rows (the `x8` layout: one vector lane per row), so a block's unpacking and
-//!   scaling is shared by eight rows and no horizontal sums are needed; Q6_K and the last
-//!   `rows % 8` rows keep the GGUF layout. [`QMatrix::dequantize`] and [`QMatrix::top_rows`] see
-//!   the GGUF bytes either way.
+//!   scaling is shared by eight rows and no horizontal sums are needed (the last group is padded
+//!   with zero rows); Q6_K keeps the GGUF layout. [`QMatrix::dequantize`] and
+//!   [`QMatrix::top_rows`] see the GGUF bytes either way.
 //! * **Batch-invariant.** A row's result is bit-identical whatever `n` is and wherever the row
 //!   sits in the batch: activations are quantized per row, each (weight row, activation row) pair
 //!   has its own accumulators, and the instruction sequence never depends on `n`. Greedy
@@ -224,10 +224,10 @@ pub struct QMatrix {
     ty: QuantType,
     rows: usize,
     cols: usize,
-    /// The GGUF bytes, the first `x8_rows` rows in the interleaved layout of [`x8`].
+    /// The GGUF bytes, or their interleaved layout ([`x8`]) when `interleaved`.
     data: Vec<u8>,
-    /// Leading rows stored interleaved (0, or a multiple of eight for Q5_0 / Q8_0 on AVX2).
-    x8_rows: usize,
+    /// Whether `data` is in the interleaved layout (Q4_K, Q5_0 and Q8_0 on AVX2).
+    interleaved: bool,
     isa: Isa,
 }
 
@@ -291,12 +291,8 @@ impl QMatrix {
 
     /// The matrix from GGUF bytes (already checked), in the layout `isa`'s kernels read.
     fn laid_out(ty: QuantType, rows: usize, cols: usize, data: Vec<u8>, isa: Isa) -> Self {
-        let x8_rows = if isa == Isa::Avx2 && x8::supports(ty) {
-            x8::grouped_rows(rows)
-        } else {
-            0
-        };
-        let data = if x8_rows > 0 {
+        let interleaved = isa == Isa::Avx2 && x8::supports(ty);
+        let data = if interleaved {
             x8::pack(ty, rows, cols, &data)
         } else {
             data
@@ -306,14 +302,14 @@ impl QMatrix {
             rows,
             cols,
             data,
-            x8_rows,
+            interleaved,
             isa,
         }
     }
 
     /// The weights in plain GGUF layout.
     fn gguf_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
-        if self.x8_rows > 0 {
+        if self.interleaved {
             std::borrow::Cow::Owned(x8::unpack(self.ty, self.rows, self.cols, &self.data))
         } else {
             std::borrow::Cow::Borrowed(&self.data)
@@ -415,12 +411,19 @@ impl QMatrix {
             .div_ceil(threads * 4)
             .max(16)
             .next_multiple_of(x8::GROUP);
-        let at = |r: usize| x8::row_offset(self.ty, self.cols, self.x8_rows, r);
+        let row_bytes = nb * self.ty.block_bytes();
+        let at = |r: usize| {
+            if self.interleaved {
+                x8::row_offset(self.ty, self.cols, r)
+            } else {
+                r * row_bytes
+            }
+        };
         if n == 1 {
             y.par_chunks_mut(chunk).enumerate().for_each(|(c, out)| {
                 let r0 = c * chunk;
                 let w = &self.data[at(r0)..at(r0 + out.len())];
-                self.split_rows(r0, w, nb, acts, 1, out);
+                self.chunk_kernel(w, nb, acts, 1, out);
             });
             return;
         }
@@ -431,28 +434,21 @@ impl QMatrix {
                 .for_each(|(c, out)| {
                     let r0 = c * chunk;
                     let w = &self.data[at(r0)..at(r0 + out.len() / n)];
-                    self.split_rows(r0, w, nb, acts, n, out);
+                    self.chunk_kernel(w, nb, acts, n, out);
                 });
             transpose_into(out_t, n, self.rows, y);
         });
     }
 
-    /// Runs the rows `r0..` of one chunk (weights `w`, results `out`): its interleaved rows on the
-    /// interleaved kernel, the rest on the row kernel.
-    fn split_rows<A>(&self, r0: usize, w: &[u8], nb: usize, acts: &[A], n: usize, out: &mut [f32])
+    /// Runs one chunk of rows (weights `w`, results `out`) on the kernel of the matrix's layout.
+    fn chunk_kernel<A>(&self, w: &[u8], nb: usize, acts: &[A], n: usize, out: &mut [f32])
     where
         Self: RowKernel<A>,
     {
-        let rows = out.len() / n;
-        let grouped = self.x8_rows.saturating_sub(r0).min(rows);
-        let split = x8::row_offset(self.ty, self.cols, grouped, grouped);
-        let (wg, wr) = w.split_at(split);
-        let (og, or) = out.split_at_mut(grouped * n);
-        if grouped > 0 {
-            self.x8_kernel(wg, nb, acts, n, og);
-        }
-        if grouped < rows {
-            self.rows_kernel(wr, nb, acts, n, or);
+        if self.interleaved {
+            self.x8_kernel(w, nb, acts, n, out);
+        } else {
+            self.rows_kernel(w, nb, acts, n, out);
         }
     }
 }
@@ -520,7 +516,8 @@ impl RowKernel<BlockQ8K> for QMatrix {
         match (self.ty, self.isa) {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: rows are interleaved only when `isa` is Avx2, which `Isa::is_supported`
-            // confirmed; `w` holds whole groups (chunks are multiples of eight rows).
+            // confirmed; `w` holds whole groups (the last one padded): chunks start at multiples
+            // of eight rows.
             (QuantType::Q4K, Isa::Avx2) => unsafe { avx2_x8::rows_q4k(w, nb, acts, n, out) },
             // Never reached: only AVX2 matrices are interleaved. Unpacking keeps the result right
             // should that ever change.
@@ -550,7 +547,8 @@ impl RowKernel<BlockQ8_32> for QMatrix {
         match (self.ty, self.isa) {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: rows are interleaved only when `isa` is Avx2, which `Isa::is_supported`
-            // confirmed; `w` holds whole groups (chunks are multiples of eight rows).
+            // confirmed; `w` holds whole groups (the last one padded): chunks start at multiples
+            // of eight rows.
             (QuantType::Q5_0, Isa::Avx2) => unsafe { avx2_x8::rows_q50(w, nb, acts, n, out) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.

@@ -409,3 +409,36 @@ fn attention_case(heads: usize, kv_heads: usize, hd: usize, rng: &mut Rng) {
     let e = causal_attention(&[0.0; 32], kv(&k), kv(&v), shape, 1.0, &mut [0.0; 32]).unwrap_err();
     assert!(matches!(e, KernelError::BadAttention(_)));
 }
+
+/// A matrix cut to its first rows (`top_rows`, used for a vocabulary-limited output projection)
+/// gives those rows bit for bit what the full matrix gives, whatever the cut and the layout.
+#[test]
+fn top_rows_match_the_full_matrix_bit_for_bit() {
+    let mut rng = Rng(11);
+    for ty in TYPES {
+        let (rows, cols) = shapes(ty)[3];
+        let m = QMatrix::new(ty, rows, cols, random_matrix(ty, rows, cols, &mut rng)).unwrap();
+        for isa in isas() {
+            let m = m.clone().with_isa(isa).unwrap();
+            let x = random_x(3 * cols, &mut rng);
+            let mut full = vec![0f32; 3 * rows];
+            m.matmul(&x, 3, &mut full).unwrap();
+            for keep in [1, 7, 8, 9, 100, rows] {
+                let top = m.top_rows(keep).unwrap();
+                assert_eq!(top.shape(), (keep, cols));
+                let mut y = vec![0f32; 3 * keep];
+                top.matmul(&x, 3, &mut y).unwrap();
+                for j in 0..3 {
+                    let (a, b) = (
+                        &y[j * keep..(j + 1) * keep],
+                        &full[j * rows..j * rows + keep],
+                    );
+                    assert!(
+                        a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits()),
+                        "{ty:?} {isa:?}: the first {keep} rows differ from the full matrix's"
+                    );
+                }
+            }
+        }
+    }
+}

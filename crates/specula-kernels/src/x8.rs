@@ -7,11 +7,13 @@
 //! is broadcast to all lanes, and lane `r` of the accumulator is row `r`'s dot product, with no
 //! horizontal sums and one scale multiply per eight blocks.
 //!
-//! Layout: the matrix's first `rows / 8 * 8` rows are stored as groups of eight rows; a group is
-//! the sequence of its super-blocks, one per block column ([`sb_bytes`]: as large as the eight
-//! GGUF blocks it replaces, 32 bytes more for Q4_K). Any remaining rows (`rows % 8`) follow in
-//! GGUF layout. Within a super-block, "vector `k`" means 32 bytes holding weights `4k..4k + 4` of
-//! row 0, then of row 1, ..., row 7. A super-block is:
+//! Layout: the rows are stored as groups of eight rows, the last group padded with zero blocks
+//! when `rows` is not a multiple of eight (every row then runs the same instructions, so a matrix
+//! cut to its first rows, [`crate::QMatrix::top_rows`], gives bit-identical results for them). A
+//! group is the sequence of its super-blocks, one per block column ([`sb_bytes`]: as large as the
+//! eight GGUF blocks it replaces, 32 bytes more for Q4_K). Within a super-block, "vector `k`"
+//! means 32 bytes holding weights `4k..4k + 4` of row 0, then of row 1, ..., row 7. A super-block
+//! is:
 //!
 //! * bytes `0..16`: the eight rows' f16 scales (Q4_K: `d`, then `dmin` at `16..32`);
 //! * Q8_0, bytes `16..272`: vectors 0..8 (signed bytes);
@@ -49,39 +51,30 @@ pub(crate) fn sb_bytes(ty: QuantType) -> usize {
     }
 }
 
-/// Byte offset of row `r` (at a group boundary or in the plain tail) in a matrix whose first
-/// `grouped` rows are interleaved.
-pub(crate) fn row_offset(ty: QuantType, cols: usize, grouped: usize, r: usize) -> usize {
-    let nb = cols / ty.block_elems();
-    let plain = nb * ty.block_bytes();
-    if r <= grouped {
-        r / GROUP * nb * sb_bytes(ty)
-    } else {
-        grouped / GROUP * nb * sb_bytes(ty) + (r - grouped) * plain
-    }
+/// Byte offset of group boundary row `r` (a multiple of eight, or the row count: the end).
+pub(crate) fn row_offset(ty: QuantType, cols: usize, r: usize) -> usize {
+    r.div_ceil(GROUP) * (cols / ty.block_elems()) * sb_bytes(ty)
 }
 
-/// Rows of a `rows`-row matrix that the interleaved layout covers.
-pub(crate) fn grouped_rows(rows: usize) -> usize {
-    rows / GROUP * GROUP
-}
-
-/// The GGUF bytes of `rows x cols` (row-major blocks) with the first `grouped_rows(rows)` rows
-/// interleaved. `ty` must satisfy [`supports`].
+/// The GGUF bytes of `rows x cols` (row-major blocks) interleaved, the last group padded with
+/// zero blocks. `ty` must satisfy [`supports`].
 pub(crate) fn pack(ty: QuantType, rows: usize, cols: usize, data: &[u8]) -> Vec<u8> {
     let bb = ty.block_bytes();
     let nb = cols / ty.block_elems();
     let row_bytes = nb * bb;
-    let grouped = grouped_rows(rows);
-    let sbb = sb_bytes(ty);
-    let mut out = Vec::with_capacity(row_offset(ty, cols, grouped, rows));
-    let mut sb = vec![0u8; sbb];
-    for g in 0..grouped / GROUP {
-        let base = g * GROUP * row_bytes;
+    let mut out = Vec::with_capacity(row_offset(ty, cols, rows));
+    let mut sb = vec![0u8; sb_bytes(ty)];
+    let zero = [0u8; Q4K_BYTES];
+    for g in 0..rows.div_ceil(GROUP) {
         for b in 0..nb {
             let blocks: [&[u8]; GROUP] = std::array::from_fn(|r| {
-                let at = base + r * row_bytes + b * bb;
-                &data[at..at + bb]
+                let row = g * GROUP + r;
+                let at = row * row_bytes + b * bb;
+                if row < rows {
+                    &data[at..at + bb]
+                } else {
+                    &zero[..bb]
+                }
             });
             match ty {
                 QuantType::Q8_0 => pack_q80(&blocks, &mut sb),
@@ -91,38 +84,33 @@ pub(crate) fn pack(ty: QuantType, rows: usize, cols: usize, data: &[u8]) -> Vec<
             out.extend_from_slice(&sb);
         }
     }
-    out.extend_from_slice(&data[grouped * row_bytes..]);
     out
 }
 
-/// The inverse of [`pack`]: plain GGUF bytes.
+/// The inverse of [`pack`]: plain GGUF bytes of the `rows` rows.
 pub(crate) fn unpack(ty: QuantType, rows: usize, cols: usize, data: &[u8]) -> Vec<u8> {
     let bb = ty.block_bytes();
     let nb = cols / ty.block_elems();
     let row_bytes = nb * bb;
-    let grouped = grouped_rows(rows);
     let sbb = sb_bytes(ty);
     let mut out = vec![0u8; rows * row_bytes];
     let mut blk = [0u8; Q4K_BYTES];
-    for g in 0..grouped / GROUP {
-        let base = g * GROUP * row_bytes;
+    for g in 0..rows.div_ceil(GROUP) {
         for b in 0..nb {
             let at = (g * nb + b) * sbb;
             let sb = &data[at..at + sbb];
-            for r in 0..GROUP {
+            for r in 0..GROUP.min(rows - g * GROUP) {
                 let blk = &mut blk[..bb];
                 match ty {
                     QuantType::Q8_0 => unpack_q80(sb, r, blk),
                     QuantType::Q4K => unpack_q4k(sb, r, blk),
                     _ => unpack_q50(sb, r, blk),
                 }
-                let to = base + r * row_bytes + b * bb;
+                let to = (g * GROUP + r) * row_bytes + b * bb;
                 out[to..to + bb].copy_from_slice(blk);
             }
         }
     }
-    let tail = row_offset(ty, cols, grouped, grouped);
-    out[grouped * row_bytes..].copy_from_slice(&data[tail..]);
     out
 }
 
@@ -243,10 +231,12 @@ mod tests {
                     })
                     .collect();
                 let packed = pack(ty, rows, cols, &data);
-                assert_eq!(packed.len(), row_offset(ty, cols, grouped_rows(rows), rows));
-                if rows >= GROUP {
-                    assert_ne!(packed, data, "{ty:?} {rows}x{cols} was not rearranged");
-                }
+                assert_eq!(packed.len(), row_offset(ty, cols, rows));
+                assert_ne!(
+                    packed[..data.len()],
+                    data,
+                    "{ty:?} {rows}x{cols} not rearranged"
+                );
                 assert_eq!(
                     unpack(ty, rows, cols, &packed),
                     data,
