@@ -418,15 +418,10 @@ mod tests {
         if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
             return;
         }
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rng = crate::tests::Rng(0x9e37_79b9_7f4a_7c15);
         for _ in 0..2000 {
             let mut blk = [0u8; Q6K_BYTES];
-            for b in blk.iter_mut() {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                *b = state as u8;
-            }
+            blk.iter_mut().for_each(|b| *b = rng.next() as u8);
             // Q4_K: scale t in every lane of sc[t]; minimum s / 2 in lane s of the multiplier.
             let (sc, m) = q4k_scales(&blk[4..16]);
             // SAFETY: AVX2 and FMA were detected above.

@@ -4,10 +4,11 @@
 use super::*;
 use half::f16;
 
-struct Rng(u64);
+/// Xorshift: reproducible pseudo-random test data for every kernel test in the crate.
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;

@@ -218,18 +218,11 @@ mod tests {
     /// Packing then unpacking returns the bytes, for row counts with and without a remainder.
     #[test]
     fn unpack_inverts_pack() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut rng = crate::tests::Rng(0x2545_f491_4f6c_dd1d);
         for ty in [QuantType::Q4K, QuantType::Q5_0, QuantType::Q8_0] {
             for (rows, cols) in [(8, 256), (19, 768), (3, 512), (64, 256)] {
                 let len = rows * cols / ty.block_elems() * ty.block_bytes();
-                let data: Vec<u8> = (0..len)
-                    .map(|_| {
-                        state ^= state << 13;
-                        state ^= state >> 7;
-                        state ^= state << 17;
-                        state as u8
-                    })
-                    .collect();
+                let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
                 let packed = pack(ty, rows, cols, &data);
                 assert_eq!(packed.len(), row_offset(ty, cols, rows));
                 assert_ne!(
