@@ -26,8 +26,9 @@
 //!   same way; `160..1184`: 32 planes of nibbles, plane `8c + i` holding vector `16c + i` (chunk
 //!   `2c`) in its low and vector `16c + 8 + i` (chunk `2c + 1`) in its high nibbles.
 
-use crate::blocks::{q4k_scales, q50_value, Q4K_BYTES, Q50_BYTES, QK32};
+use crate::blocks::{q4k_scales, Q4K_BYTES, Q50_BYTES, QK32};
 use crate::QuantType;
+use rayon::prelude::*;
 
 /// Rows per interleaved group.
 pub(crate) const GROUP: usize = 8;
@@ -62,28 +63,30 @@ pub(crate) fn pack(ty: QuantType, rows: usize, cols: usize, data: &[u8]) -> Vec<
     let bb = ty.block_bytes();
     let nb = cols / ty.block_elems();
     let row_bytes = nb * bb;
-    let mut out = Vec::with_capacity(row_offset(ty, cols, rows));
-    let mut sb = vec![0u8; sb_bytes(ty)];
+    let sbb = sb_bytes(ty);
+    let mut out = vec![0u8; row_offset(ty, cols, rows)];
     let zero = [0u8; Q4K_BYTES];
-    for g in 0..rows.div_ceil(GROUP) {
-        for b in 0..nb {
-            let blocks: [&[u8]; GROUP] = std::array::from_fn(|r| {
-                let row = g * GROUP + r;
-                let at = row * row_bytes + b * bb;
-                if row < rows {
-                    &data[at..at + bb]
-                } else {
-                    &zero[..bb]
+    // Groups are independent: packing a large model's matrices is a load-time cost worth halving.
+    out.par_chunks_mut(nb * sbb)
+        .enumerate()
+        .for_each(|(g, group)| {
+            for (b, sb) in group.chunks_exact_mut(sbb).enumerate() {
+                let blocks: [&[u8]; GROUP] = std::array::from_fn(|r| {
+                    let row = g * GROUP + r;
+                    let at = row * row_bytes + b * bb;
+                    if row < rows {
+                        &data[at..at + bb]
+                    } else {
+                        &zero[..bb]
+                    }
+                });
+                match ty {
+                    QuantType::Q8_0 => pack_q80(&blocks, sb),
+                    QuantType::Q4K => pack_q4k(&blocks, sb),
+                    _ => pack_q50(&blocks, sb),
                 }
-            });
-            match ty {
-                QuantType::Q8_0 => pack_q80(&blocks, &mut sb),
-                QuantType::Q4K => pack_q4k(&blocks, &mut sb),
-                _ => pack_q50(&blocks, &mut sb),
             }
-            out.extend_from_slice(&sb);
-        }
-    }
+        });
     out
 }
 
@@ -123,30 +126,37 @@ fn slot(r: usize, i: usize) -> (usize, usize) {
 fn pack_q80(blocks: &[&[u8]; GROUP], sb: &mut [u8]) {
     for (r, blk) in blocks.iter().enumerate() {
         sb[2 * r..2 * r + 2].copy_from_slice(&blk[..2]);
-        for i in 0..QK32 {
-            let (k, at) = slot(r, i);
-            sb[16 + 32 * k + at] = blk[2 + i];
+        for k in 0..8 {
+            let at = 16 + 32 * k + 4 * r;
+            sb[at..at + 4].copy_from_slice(&blk[2 + 4 * k..6 + 4 * k]);
         }
     }
 }
 
 fn unpack_q80(sb: &[u8], r: usize, blk: &mut [u8]) {
     blk[..2].copy_from_slice(&sb[2 * r..2 * r + 2]);
-    for i in 0..QK32 {
-        let (k, at) = slot(r, i);
-        blk[2 + i] = sb[16 + 32 * k + at];
+    for k in 0..8 {
+        let at = 16 + 32 * k + 4 * r;
+        blk[2 + 4 * k..6 + 4 * k].copy_from_slice(&sb[at..at + 4]);
     }
 }
 
 fn pack_q50(blocks: &[&[u8]; GROUP], sb: &mut [u8]) {
-    sb[16..].fill(0);
     for (r, blk) in blocks.iter().enumerate() {
         sb[2 * r..2 * r + 2].copy_from_slice(&blk[..2]);
-        for i in 0..QK32 {
-            let u = q50_value(blk, i);
-            let (k, at) = slot(r, i);
-            sb[16 + 32 * (k / 2) + at] |= (u & 0x0f) << (4 * (k % 2));
-            sb[16 + 128 + at] |= ((u >> 4) & 1) << k;
+        let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+        let qs = &blk[6..22];
+        for b in 0..4 {
+            let at = 4 * r + b;
+            // Plane m: weight 8m + b in the low nibble, 8m + 4 + b in the high one (weights
+            // 0..16 are the low nibbles of `qs`, 16..32 the high ones).
+            for m in 0..2 {
+                let (x, y) = (qs[8 * m + b], qs[8 * m + 4 + b]);
+                sb[16 + 32 * m + at] = (x & 0x0f) | (y << 4);
+                sb[16 + 32 * (m + 2) + at] = (x >> 4) | (y & 0xf0);
+            }
+            // Bit k: the fifth bit of weight 4k + b.
+            sb[144 + at] = (0..8).fold(0u8, |h, k| h | ((((qh >> (4 * k + b)) & 1) as u8) << k));
         }
     }
 }
@@ -166,7 +176,6 @@ fn unpack_q50(sb: &[u8], r: usize, blk: &mut [u8]) {
 }
 
 fn pack_q4k(blocks: &[&[u8]; GROUP], sb: &mut [u8]) {
-    sb[160..].fill(0);
     for (r, blk) in blocks.iter().enumerate() {
         sb[2 * r..2 * r + 2].copy_from_slice(&blk[..2]);
         sb[16 + 2 * r..18 + 2 * r].copy_from_slice(&blk[2..4]);
@@ -175,11 +184,14 @@ fn pack_q4k(blocks: &[&[u8]; GROUP], sb: &mut [u8]) {
             sb[32 + 16 * (t / 2) + 2 * r + t % 2] = sc[t];
             sb[96 + 16 * (t / 2) + 2 * r + t % 2] = m[t];
         }
-        for w in 0..256 {
-            let (t, i) = (w / 32, w % 32);
-            let q = (blk[16 + 32 * (t / 2) + i] >> (4 * (t % 2))) & 0x0f;
-            let (plane, nib) = nibble_slot(w / 4);
-            sb[160 + 32 * plane + 4 * r + w % 4] |= q << (4 * nib);
+        // Plane 8c + k holds, per row, bytes 4k..4k + 4 of the row's 32-byte run c of quants:
+        // their low nibbles are vector 16c + k (chunk 2c), their high ones vector 16c + 8 + k.
+        for c in 0..4 {
+            for k in 0..8 {
+                let at = 160 + 32 * (8 * c + k) + 4 * r;
+                let from = 16 + 32 * c + 4 * k;
+                sb[at..at + 4].copy_from_slice(&blk[from..from + 4]);
+            }
         }
     }
 }
@@ -196,19 +208,13 @@ fn unpack_q4k(sb: &[u8], r: usize, blk: &mut [u8]) {
         blk[8 + j] = m[j] | ((m[j + 4] >> 4) << 6);
         blk[12 + j] = (sc[j + 4] & 0x0f) | ((m[j + 4] & 0x0f) << 4);
     }
-    blk[16..].fill(0);
-    for w in 0..256 {
-        let (t, i) = (w / 32, w % 32);
-        let (plane, nib) = nibble_slot(w / 4);
-        let q = (sb[160 + 32 * plane + 4 * r + w % 4] >> (4 * nib)) & 0x0f;
-        blk[16 + 32 * (t / 2) + i] |= q << (4 * (t % 2));
+    for c in 0..4 {
+        for k in 0..8 {
+            let at = 160 + 32 * (8 * c + k) + 4 * r;
+            let to = 16 + 32 * c + 4 * k;
+            blk[to..to + 4].copy_from_slice(&sb[at..at + 4]);
+        }
     }
-}
-
-/// The Q4_K plane and nibble (0 low, 1 high) of vector `k`.
-fn nibble_slot(k: usize) -> (usize, usize) {
-    let (c, kk) = (k / 16, k % 16);
-    (8 * c + kk % 8, kk / 8)
 }
 
 #[cfg(test)]
