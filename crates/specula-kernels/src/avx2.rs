@@ -1,4 +1,5 @@
-//! AVX2 + FMA kernels, weight-stationary: each weight block is decoded into registers once and
+//! AVX2 + FMA kernels for Q6_K rows in GGUF layout (the other types run interleaved on AVX2, see
+//! `avx2_x8.rs`), weight-stationary: each weight block is decoded into registers once and
 //! applied to every activation row of a tile (up to [`TILE`] rows), so a verification forward of n
 //! tokens reads and unpacks the weights once instead of n times.
 //!
@@ -30,7 +31,7 @@ trait Kernel {
     /// Tiles of up to this many rows run with a compile-time row count ([`tile`]); larger ones
     /// loop over a runtime count ([`tile_dyn`]). Measured: k-quant blocks decode into 17
     /// registers, and past 2 rows the fixed-count code spills worse than the loop (n = 5: 6.8 vs
-    /// 5.8 GB/s); the small Q5_0 / Q8_0 blocks gain from fixed counts at every size.
+    /// 5.8 GB/s).
     const FIXED_TILE_MAX: usize;
     unsafe fn decode(blk: &[u8]) -> Self::Decoded;
     unsafe fn apply(w: &Self::Decoded, a: &Self::Act, acc: &mut __m256);
@@ -121,20 +122,16 @@ unsafe fn tile<K: Kernel, const T: usize>(wrow: &[u8], nb: usize, acts: &[K::Act
 /// (about 11 GB/s of Q4_K rows on two threads here, 13-16 GB/s with this; 2-8 KB measured alike).
 pub(crate) const PREFETCH_AHEAD: usize = 4096;
 
-struct Q4K;
 struct Q6K;
-struct Q50;
-struct Q80;
 
 /// A decoded k-quant block: 256 unsigned quants as bytes, the i16 scales of each 32-byte chunk,
-/// and the i16 multipliers of the activation's 16 partial sums (Q4_K: its minimums, each twice;
-/// Q6_K: its 16 scales, for the `- 32` offset).
+/// and the i16 multipliers of the activation's 16 partial sums (its 16 scales, for the `- 32`
+/// offset).
 struct DecodedK {
     q: [__m256i; 8],
     sc: [__m256i; 8],
     bsum_mul: __m256i,
     d: __m256,
-    dmin: __m256,
 }
 
 /// `sum_t madd(maddubs(q[t], a[32t..]), sc[t])`: the integer part of a k-quant block dot.
@@ -155,82 +152,6 @@ unsafe fn dot_256(w: &DecodedK, a: &BlockQ8K) -> __m256i {
 unsafe fn bsum_dot(w: &DecodedK, a: &BlockQ8K) -> __m256i {
     let bs = _mm256_loadu_si256(a.bsums.as_ptr() as *const __m256i);
     _mm256_madd_epi16(bs, w.bsum_mul)
-}
-
-/// The scale vectors of a Q4_K block from its 12 packed scale bytes, without a round trip through
-/// memory: `sc[t]` holds the 6-bit scale of chunk t in every i16 lane, and the second value the
-/// 6-bit minimum of chunk `s / 2` in lane s (the multiplier of the activation's partial sum s).
-#[inline(always)]
-unsafe fn q4k_scale_vectors(s: &[u8]) -> ([__m256i; 8], __m256i) {
-    let word = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
-    let (u0, u1, u2) = (word(0), word(1), word(2));
-    const LOW6: u32 = 0x3f3f_3f3f;
-    const LOW4: u32 = 0x0f0f_0f0f;
-    const TOP2: u32 = 0x0303_0303;
-    // Bytes 0..4: scales 0..4; 4..8: scales 4..8; 8..12: minimums 0..4; 12..16: minimums 4..8.
-    let sc_lo = u0 & LOW6;
-    let sc_hi = (u2 & LOW4) | (((u0 >> 6) & TOP2) << 4);
-    let m_lo = u1 & LOW6;
-    let m_hi = ((u2 >> 4) & LOW4) | (((u1 >> 6) & TOP2) << 4);
-    let packed = _mm_set_epi32(m_hi as i32, m_lo as i32, sc_hi as i32, sc_lo as i32);
-    let wide = _mm256_cvtepu8_epi16(packed);
-    let scales = _mm256_permute2x128_si256(wide, wide, 0x00);
-    let mut sc = [_mm256_setzero_si256(); 8];
-    for (t, v) in sc.iter_mut().enumerate() {
-        *v = _mm256_shuffle_epi8(
-            scales,
-            _mm256_set1_epi16((2 * t as i16) | ((2 * t as i16 + 1) << 8)),
-        );
-    }
-    let mins = _mm256_extracti128_si256(wide, 1);
-    let bsum_mul = _mm256_set_m128i(
-        _mm_unpackhi_epi16(mins, mins),
-        _mm_unpacklo_epi16(mins, mins),
-    );
-    (sc, bsum_mul)
-}
-
-impl Kernel for Q4K {
-    type Act = BlockQ8K;
-    type Decoded = DecodedK;
-    const BLOCK_BYTES: usize = Q4K_BYTES;
-    const FIXED_TILE_MAX: usize = 2;
-
-    #[inline(always)]
-    unsafe fn decode(blk: &[u8]) -> DecodedK {
-        let mask = _mm256_set1_epi8(0x0f);
-        let (sc, bsum_mul) = q4k_scale_vectors(&blk[4..16]);
-        let qs = blk[16..144].as_ptr();
-        let mut q = [_mm256_setzero_si256(); 8];
-        for c in 0..4 {
-            let raw = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
-            q[2 * c] = _mm256_and_si256(raw, mask);
-            q[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
-        }
-        DecodedK {
-            q,
-            sc,
-            bsum_mul,
-            d: f16_splat(blk, 0),
-            dmin: f16_splat(blk, 2),
-        }
-    }
-
-    #[inline(always)]
-    unsafe fn apply(w: &DecodedK, a: &BlockQ8K, acc: &mut __m256) {
-        Self::finish(w, a, dot_256(w, a), acc)
-    }
-}
-
-impl Q4K {
-    /// Adds `d * sumi - dmin * (minimums . partial sums)` (scaled by the activation's scale).
-    #[inline(always)]
-    unsafe fn finish(w: &DecodedK, a: &BlockQ8K, sumi: __m256i, acc: &mut __m256) {
-        let summ = bsum_dot(w, a);
-        let ad = _mm256_broadcast_ss(&a.d);
-        let x = _mm256_fmadd_ps(_mm256_mul_ps(w.d, ad), _mm256_cvtepi32_ps(sumi), *acc);
-        *acc = _mm256_fnmadd_ps(_mm256_mul_ps(w.dmin, ad), _mm256_cvtepi32_ps(summ), x);
-    }
 }
 
 impl Kernel for Q6K {
@@ -287,7 +208,6 @@ impl Kernel for Q6K {
             sc,
             bsum_mul: sc16,
             d: f16_splat(blk, 208),
-            dmin: _mm256_setzero_ps(),
         }
     }
 
@@ -308,96 +228,10 @@ impl Q6K {
     }
 }
 
-/// The dot of Q8_0: 32 signed weight quants (`w.0`), their absolute values (`w.1`) and the
-/// scale (`w.2`); `maddubs(|w|, sign(a, w))` is `w * a` with an unsigned first operand.
-#[inline(always)]
-unsafe fn apply_signed(w: &(__m256i, __m256i, __m256), a: &BlockQ8_32, acc: &mut __m256) {
-    let av = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
-    let prod = _mm256_maddubs_epi16(w.1, _mm256_sign_epi8(av, w.0));
-    let sumi = _mm256_madd_epi16(prod, _mm256_set1_epi16(1));
-    let d = _mm256_mul_ps(w.2, _mm256_broadcast_ss(&a.d));
-    *acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), *acc);
-}
-
-impl Kernel for Q50 {
-    type Act = BlockQ8_32;
-    /// The 32 quants as unsigned bytes `q + 16` (0..=31) and the scale.
-    type Decoded = (__m256i, __m256);
-    const BLOCK_BYTES: usize = Q50_BYTES;
-    const FIXED_TILE_MAX: usize = TILE;
-
-    #[inline(always)]
-    unsafe fn decode(blk: &[u8]) -> Self::Decoded {
-        let m4 = _mm_set1_epi8(0x0f);
-        // Byte k of the result takes byte k / 8 of qh; the mask then picks bit k % 8.
-        let shuf = _mm256_setr_epi8(
-            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3,
-            3, 3, 3,
-        );
-        let bm = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
-        let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
-        let q = _mm_loadu_si128(blk[6..22].as_ptr() as *const __m128i);
-        let low = _mm256_set_m128i(
-            _mm_and_si128(_mm_srli_epi16(q, 4), m4),
-            _mm_and_si128(q, m4),
-        );
-        let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(qh as i32), shuf);
-        let hb = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bm), bm);
-        let u = _mm256_or_si256(low, _mm256_and_si256(hb, _mm256_set1_epi8(0x10)));
-        (u, f16_splat(blk, 0))
-    }
-
-    /// `sum((u - 16) * a) = maddubs(u, a) - 16 * sum(a)`: the unsigned quants feed `maddubs`
-    /// directly (no sign / absolute-value steps), and the offset comes from the activation
-    /// block's precomputed sum. Exact in integers (pair sums reach 2 * 31 * 127).
-    #[inline(always)]
-    unsafe fn apply(w: &Self::Decoded, a: &BlockQ8_32, acc: &mut __m256) {
-        let av = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
-        let sumi = _mm256_madd_epi16(_mm256_maddubs_epi16(w.0, av), _mm256_set1_epi16(1));
-        let offset = _mm256_zextsi128_si256(_mm_cvtsi32_si128(a.sum << 4));
-        let sumi = _mm256_sub_epi32(sumi, offset);
-        let d = _mm256_mul_ps(w.1, _mm256_broadcast_ss(&a.d));
-        *acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), *acc);
-    }
-}
-
-impl Kernel for Q80 {
-    type Act = BlockQ8_32;
-    type Decoded = (__m256i, __m256i, __m256);
-    const BLOCK_BYTES: usize = Q80_BYTES;
-    const FIXED_TILE_MAX: usize = TILE;
-
-    #[inline(always)]
-    unsafe fn decode(blk: &[u8]) -> Self::Decoded {
-        let wq = _mm256_loadu_si256(blk[2..34].as_ptr() as *const __m256i);
-        (wq, _mm256_abs_epi8(wq), f16_splat(blk, 0))
-    }
-
-    #[inline(always)]
-    unsafe fn apply(w: &Self::Decoded, a: &BlockQ8_32, acc: &mut __m256) {
-        apply_signed(w, a, acc)
-    }
-}
-
-/// Q4_K rows times Q8_K activations. Safety: the CPU must support AVX2 and FMA; `w` holds
+/// Q6_K rows times Q8_K activations. Safety: the CPU must support AVX2, FMA and F16C; `w` holds
 /// `out.len() / n` rows of `nb` blocks and `acts` `n` rows of `nb` blocks.
-pub(crate) unsafe fn rows_q4k(w: &[u8], nb: usize, acts: &[BlockQ8K], n: usize, out: &mut [f32]) {
-    drive::<Q4K>(w, nb, acts, n, out)
-}
-
-/// Q6_K rows times Q8_K activations (safety as [`rows_q4k`]).
 pub(crate) unsafe fn rows_q6k(w: &[u8], nb: usize, acts: &[BlockQ8K], n: usize, out: &mut [f32]) {
     drive::<Q6K>(w, nb, acts, n, out)
-}
-
-/// Q5_0 rows times 32-element activation blocks (safety as [`rows_q4k`]).
-pub(crate) unsafe fn rows_q50(w: &[u8], nb: usize, acts: &[BlockQ8_32], n: usize, out: &mut [f32]) {
-    drive::<Q50>(w, nb, acts, n, out)
-}
-
-/// Q8_0 rows times 32-element activation blocks (safety as [`rows_q4k`]).
-pub(crate) unsafe fn rows_q80(w: &[u8], nb: usize, acts: &[BlockQ8_32], n: usize, out: &mut [f32]) {
-    drive::<Q80>(w, nb, acts, n, out)
 }
 
 #[cfg(test)]
@@ -411,28 +245,19 @@ mod tests {
         out
     }
 
-    /// The register-built scale vectors equal the ones spelled out from the scalar unpacking, for
-    /// every bit pattern of each scale byte position.
+    /// Q6_K's register-built scale vectors equal the scales spelled out from the block, for
+    /// random bytes in every scale position.
     #[test]
     fn scale_vectors_match_the_scalar_unpacking() {
-        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+        if !crate::Isa::Avx2.is_supported() {
             return;
         }
         let mut rng = crate::tests::Rng(0x9e37_79b9_7f4a_7c15);
         for _ in 0..2000 {
             let mut blk = [0u8; Q6K_BYTES];
             blk.iter_mut().for_each(|b| *b = rng.next() as u8);
-            // Q4_K: scale t in every lane of sc[t]; minimum s / 2 in lane s of the multiplier.
-            let (sc, m) = q4k_scales(&blk[4..16]);
-            // SAFETY: AVX2 and FMA were detected above.
-            let (scv, mins) = unsafe { q4k_scale_vectors(&blk[4..16]) };
-            for t in 0..8 {
-                assert_eq!(lanes(scv[t]), [sc[t] as i16; 16]);
-            }
-            let want: Vec<i16> = (0..16).map(|s| m[s / 2] as i16).collect();
-            assert_eq!(lanes(mins).to_vec(), want);
-            // Q6_K: lanes 0..8 of sc[t] hold scale 2t, lanes 8..16 scale 2t + 1.
-            // SAFETY: as above; the block has Q6K_BYTES bytes.
+            // Lanes 0..8 of sc[t] hold scale 2t, lanes 8..16 scale 2t + 1.
+            // SAFETY: AVX2, FMA and F16C were detected above; the block has Q6K_BYTES bytes.
             let dec = unsafe { Q6K::decode(&blk) };
             let s16: Vec<i16> = (0..16).map(|s| blk[192 + s] as i8 as i16).collect();
             assert_eq!(lanes(dec.bsum_mul).to_vec(), s16);

@@ -500,12 +500,11 @@ trait RowKernel<A> {
 impl RowKernel<BlockQ8K> for QMatrix {
     fn rows_kernel(&self, w: &[u8], nb: usize, acts: &[BlockQ8K], n: usize, out: &mut [f32]) {
         match (self.ty, self.isa) {
+            // Q4_K, Q5_0 and Q8_0 on AVX2 are always interleaved (`x8_kernel`); their plain rows
+            // only ever run on the portable kernels.
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `isa` is Avx2 only after `Isa::is_supported` said so; shapes were checked
             // in `new` and `matmul`.
-            (QuantType::Q4K, Isa::Avx2) => unsafe { avx2::rows_q4k(w, nb, acts, n, out) },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: as above.
             (QuantType::Q6K, Isa::Avx2) => unsafe { avx2::rows_q6k(w, nb, acts, n, out) },
             (QuantType::Q4K, _) => scalar::rows(w, Q4K_BYTES, nb, acts, n, out, scalar::dot_q4k),
             _ => scalar::rows(w, Q6K_BYTES, nb, acts, n, out, scalar::dot_q6k),
@@ -531,14 +530,8 @@ impl RowKernel<BlockQ8K> for QMatrix {
 
 impl RowKernel<BlockQ8_32> for QMatrix {
     fn rows_kernel(&self, w: &[u8], nb: usize, acts: &[BlockQ8_32], n: usize, out: &mut [f32]) {
-        match (self.ty, self.isa) {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: as in the Q8_K dispatch.
-            (QuantType::Q5_0, Isa::Avx2) => unsafe { avx2::rows_q50(w, nb, acts, n, out) },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: as in the Q8_K dispatch.
-            (QuantType::Q8_0, Isa::Avx2) => unsafe { avx2::rows_q80(w, nb, acts, n, out) },
-            (QuantType::Q5_0, _) => scalar::rows(w, Q50_BYTES, nb, acts, n, out, scalar::dot_q50),
+        match self.ty {
+            QuantType::Q5_0 => scalar::rows(w, Q50_BYTES, nb, acts, n, out, scalar::dot_q50),
             _ => scalar::rows(w, Q80_BYTES, nb, acts, n, out, scalar::dot_q80),
         }
     }
