@@ -81,7 +81,7 @@ pub fn causal_attention(
     scale: f32,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
-    attention_on(simd(), q, k, v, s, scale, out)
+    attention_on(crate::simd(), q, k, v, s, scale, out)
 }
 
 /// [`causal_attention`] on the AVX2 build (`simd`, which the caller must have checked the CPU
@@ -166,13 +166,6 @@ fn heads_per_task(groups: usize, pairs: usize, threads: usize) -> usize {
         .rev()
         .find(|d| groups.is_multiple_of(*d))
         .unwrap_or(1)
-}
-
-/// Whether this CPU runs the AVX2 build (decided once per process; `SPECULA_KERNELS=scalar`
-/// forces the portable one).
-fn simd() -> bool {
-    static SIMD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *SIMD.get_or_init(|| crate::Isa::detect() == crate::Isa::Avx2)
 }
 
 /// One (row, KV head) pair and the part of the cache its row may see.

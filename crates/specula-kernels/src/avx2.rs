@@ -38,7 +38,8 @@ trait Kernel {
 }
 
 /// Runs kernel `K` over one chunk of weight rows: `out[r * n + j] = row r . activation row j`.
-#[target_feature(enable = "avx2,fma,f16c")]
+/// Inlined into [`drive_avx2`] / [`drive_vnni`], which enable the instruction sets.
+#[inline(always)]
 unsafe fn drive<K: Kernel>(w: &[u8], nb: usize, acts: &[K::Act], n: usize, out: &mut [f32]) {
     let row_bytes = nb * K::BLOCK_BYTES;
     for (r, o) in out.chunks_exact_mut(n).enumerate() {
@@ -61,6 +62,18 @@ unsafe fn drive<K: Kernel>(w: &[u8], nb: usize, acts: &[K::Act], n: usize, out: 
             t0 += t;
         }
     }
+}
+
+/// [`drive`] compiled for AVX2.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn drive_avx2<K: Kernel>(w: &[u8], nb: usize, acts: &[K::Act], n: usize, out: &mut [f32]) {
+    drive::<K>(w, nb, acts, n, out)
+}
+
+/// [`drive`] compiled for AVX2 with AVX-512 VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn drive_vnni<K: Kernel>(w: &[u8], nb: usize, acts: &[K::Act], n: usize, out: &mut [f32]) {
+    drive::<K>(w, nb, acts, n, out)
 }
 
 /// The f16 at byte `at` of `blk` as f32 in all eight lanes. Converted from a broadcast so that
@@ -122,7 +135,8 @@ unsafe fn tile<K: Kernel, const T: usize>(wrow: &[u8], nb: usize, acts: &[K::Act
 /// (about 11 GB/s of Q4_K rows on two threads here, 13-16 GB/s with this; 2-8 KB measured alike).
 pub(crate) const PREFETCH_AHEAD: usize = 4096;
 
-struct Q6K;
+/// Q6_K; `V`: with AVX-512 VNNI (`vpdpwssd` fuses each chunk's scale multiply and sum).
+struct Q6K<const V: bool>;
 
 /// A decoded k-quant block: 256 unsigned quants as bytes, the i16 scales of each 32-byte chunk,
 /// and the i16 multipliers of the activation's 16 partial sums (its 16 scales, for the `- 32`
@@ -134,15 +148,20 @@ struct DecodedK {
     d: __m256,
 }
 
-/// `sum_t madd(maddubs(q[t], a[32t..]), sc[t])`: the integer part of a k-quant block dot.
+/// `sum_t madd(maddubs(q[t], a[32t..]), sc[t])`: the integer part of a k-quant block dot
+/// (`V`: the multiply-add and sum in one VNNI instruction, the same exact result).
 #[inline(always)]
-unsafe fn dot_256(w: &DecodedK, a: &BlockQ8K) -> __m256i {
+unsafe fn dot_256<const V: bool>(w: &DecodedK, a: &BlockQ8K) -> __m256i {
     let aq = a.qs.as_ptr();
     let mut sumi = _mm256_setzero_si256();
     for t in 0..8 {
         let av = _mm256_loadu_si256(aq.add(32 * t) as *const __m256i);
         let p = _mm256_maddubs_epi16(w.q[t], av);
-        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, w.sc[t]));
+        sumi = if V {
+            _mm256_dpwssd_epi32(sumi, p, w.sc[t])
+        } else {
+            _mm256_add_epi32(sumi, _mm256_madd_epi16(p, w.sc[t]))
+        };
     }
     sumi
 }
@@ -154,7 +173,7 @@ unsafe fn bsum_dot(w: &DecodedK, a: &BlockQ8K) -> __m256i {
     _mm256_madd_epi16(bs, w.bsum_mul)
 }
 
-impl Kernel for Q6K {
+impl<const V: bool> Kernel for Q6K<V> {
     type Act = BlockQ8K;
     type Decoded = DecodedK;
     const BLOCK_BYTES: usize = Q6K_BYTES;
@@ -213,11 +232,11 @@ impl Kernel for Q6K {
 
     #[inline(always)]
     unsafe fn apply(w: &DecodedK, a: &BlockQ8K, acc: &mut __m256) {
-        Self::finish(w, a, dot_256(w, a), acc)
+        Self::finish(w, a, dot_256::<V>(w, a), acc)
     }
 }
 
-impl Q6K {
+impl<const V: bool> Q6K<V> {
     /// Adds `d * (sumi - 32 * (scales . partial sums))` (scaled by the activation's scale).
     #[inline(always)]
     unsafe fn finish(w: &DecodedK, a: &BlockQ8K, sumi: __m256i, acc: &mut __m256) {
@@ -228,10 +247,22 @@ impl Q6K {
     }
 }
 
-/// Q6_K rows times Q8_K activations. Safety: the CPU must support AVX2, FMA and F16C; `w` holds
-/// `out.len() / n` rows of `nb` blocks and `acts` `n` rows of `nb` blocks.
-pub(crate) unsafe fn rows_q6k(w: &[u8], nb: usize, acts: &[BlockQ8K], n: usize, out: &mut [f32]) {
-    drive::<Q6K>(w, nb, acts, n, out)
+/// Q6_K rows times Q8_K activations. Safety: the CPU must support AVX2, FMA and F16C, and
+/// AVX-512 F, BW, VL and VNNI when `vnni`; `w` holds `out.len() / n` rows of `nb` blocks and
+/// `acts` `n` rows of `nb` blocks.
+pub(crate) unsafe fn rows_q6k(
+    vnni: bool,
+    w: &[u8],
+    nb: usize,
+    acts: &[BlockQ8K],
+    n: usize,
+    out: &mut [f32],
+) {
+    if vnni {
+        drive_vnni::<Q6K<true>>(w, nb, acts, n, out)
+    } else {
+        drive_avx2::<Q6K<false>>(w, nb, acts, n, out)
+    }
 }
 
 #[cfg(test)]
@@ -258,7 +289,7 @@ mod tests {
             blk.iter_mut().for_each(|b| *b = rng.next() as u8);
             // Lanes 0..8 of sc[t] hold scale 2t, lanes 8..16 scale 2t + 1.
             // SAFETY: AVX2, FMA and F16C were detected above; the block has Q6K_BYTES bytes.
-            let dec = unsafe { Q6K::decode(&blk) };
+            let dec = unsafe { Q6K::<false>::decode(&blk) };
             let s16: Vec<i16> = (0..16).map(|s| blk[192 + s] as i8 as i16).collect();
             assert_eq!(lanes(dec.bsum_mul).to_vec(), s16);
             for t in 0..8 {

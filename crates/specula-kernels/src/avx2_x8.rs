@@ -46,10 +46,12 @@ unsafe fn scale_into<const T: usize>(
     }
 }
 
-struct Q80;
-struct Q50;
+/// Q8_0; `V`: with AVX-512 VNNI (the same integer sums in fewer instructions).
+struct Q80<const V: bool>;
+/// Q5_0; `V` as for [`Q80`].
+struct Q50<const V: bool>;
 
-impl X8 for Q80 {
+impl<const V: bool> X8 for Q80<V> {
     type Act = BlockQ8_32;
     const SB_BYTES: usize = GROUP * Q80_BYTES;
     const TILE: usize = 4;
@@ -63,8 +65,12 @@ impl X8 for Q80 {
             let aw = _mm256_abs_epi8(w);
             for (s, a) in sumi.iter_mut().zip(a) {
                 // |w| * sign(a, w) = w * a with an unsigned first operand; pair sums fit i16.
-                let p = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(quad(&a.qs, k), w));
-                *s = _mm256_add_epi32(*s, _mm256_madd_epi16(p, ones));
+                let sa = _mm256_sign_epi8(quad(&a.qs, k), w);
+                *s = if V {
+                    _mm256_dpbusd_epi32(*s, aw, sa)
+                } else {
+                    _mm256_add_epi32(*s, _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sa), ones))
+                };
             }
         }
         scale_into(sb, sumi, a, acc)
@@ -88,7 +94,7 @@ unsafe fn fifth_bit(h: __m256i, k: usize) -> __m256i {
     _mm256_and_si256(moved, _mm256_set1_epi8(0x10))
 }
 
-impl X8 for Q50 {
+impl<const V: bool> X8 for Q50<V> {
     type Act = BlockQ8_32;
     const SB_BYTES: usize = GROUP * Q50_BYTES;
     const TILE: usize = 4;
@@ -117,6 +123,12 @@ impl X8 for Q50 {
                 ),
             ];
             for (s, a) in sumi.iter_mut().zip(a) {
+                if V {
+                    for (i, u) in u.iter().enumerate() {
+                        *s = _mm256_dpbusd_epi32(*s, *u, quad(&a.qs, k0 + i));
+                    }
+                    continue;
+                }
                 // Pair sums reach 2 * 31 * 127, four of them 31496: exact in i16.
                 let p = _mm256_add_epi16(
                     _mm256_add_epi16(
@@ -157,54 +169,23 @@ unsafe fn dup_lanes(v: __m256i, odd: bool) -> __m256i {
     _mm256_shuffle_epi8(v, ctrl)
 }
 
-struct Q4K;
+/// Q4_K; `V` as for [`Q80`].
+struct Q4K<const V: bool>;
 
-impl X8 for Q4K {
+impl<const V: bool> X8 for Q4K<V> {
     type Act = BlockQ8K;
     const SB_BYTES: usize = Q4K_SB_BYTES;
     /// Five: a k = 4 verification (five rows) in one pass over the weights, about 20 % cheaper
     /// than four rows and then one (L3-resident timing, n = 5).
-    const TILE: usize = 5;
+    const TILE: usize = if V { 8 } else { 5 };
 
     #[inline(always)]
     unsafe fn apply<const T: usize>(sb: *const u8, a: &[&BlockQ8K; T], acc: &mut [__m256; T]) {
-        let m4 = _mm256_set1_epi8(0x0f);
-        let mut sumi = [_mm256_setzero_si256(); T];
-        let mut summ = [_mm256_setzero_si256(); T];
-        for p in 0..4 {
-            // Lane pair r: row r's scales (minimums) of chunks 2p and 2p + 1.
-            let sc = _mm256_cvtepu8_epi16(_mm_loadu_si128(sb.add(32 + 16 * p) as *const __m128i));
-            let mn = _mm256_cvtepu8_epi16(_mm_loadu_si128(sb.add(96 + 16 * p) as *const __m128i));
-            let (sc_even, sc_odd) = (dup_lanes(sc, false), dup_lanes(sc, true));
-            let planes = sb.add(160 + 256 * p);
-            let mut even = [_mm256_setzero_si256(); T];
-            let mut odd = [_mm256_setzero_si256(); T];
-            for i in 0..8 {
-                let v = _mm256_loadu_si256(planes.add(32 * i) as *const __m256i);
-                let lo = _mm256_and_si256(v, m4);
-                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
-                for j in 0..T {
-                    // Pair sums reach 2 * 15 * 127; eight of them 30480: exact in i16.
-                    let qs = &a[j].qs;
-                    even[j] =
-                        _mm256_add_epi16(even[j], _mm256_maddubs_epi16(lo, quad(qs, 16 * p + i)));
-                    odd[j] = _mm256_add_epi16(
-                        odd[j],
-                        _mm256_maddubs_epi16(hi, quad(qs, 16 * p + 8 + i)),
-                    );
-                }
-            }
-            for j in 0..T {
-                let s = _mm256_add_epi32(
-                    _mm256_madd_epi16(even[j], sc_even),
-                    _mm256_madd_epi16(odd[j], sc_odd),
-                );
-                sumi[j] = _mm256_add_epi32(sumi[j], s);
-                // (csum of chunk 2p, of chunk 2p + 1) in every lane pair.
-                let cs = (a[j].csums.as_ptr().add(2 * p) as *const i32).read_unaligned();
-                summ[j] = _mm256_add_epi32(summ[j], _mm256_madd_epi16(mn, _mm256_set1_epi32(cs)));
-            }
-        }
+        let (sumi, summ) = if V {
+            q4k_sums_vnni(sb, a)
+        } else {
+            q4k_sums_avx2(sb, a)
+        };
         let d = _mm256_cvtph_ps(_mm_loadu_si128(sb as *const __m128i));
         let dmin = _mm256_cvtph_ps(_mm_loadu_si128(sb.add(16) as *const __m128i));
         for j in 0..T {
@@ -215,10 +196,99 @@ impl X8 for Q4K {
     }
 }
 
+/// Lane `r` of `sums[j]`: row `r`'s scale-weighted quant dot with activation block `j`; of
+/// `mins[j]`: its minimum-weighted chunk sums (Q4_K's two integer parts).
+type Q4KSums<const T: usize> = ([__m256i; T], [__m256i; T]);
+
+/// [`Q4KSums`] on AVX2: 16-bit pair sums per chunk, scaled by `madd`.
+#[inline(always)]
+unsafe fn q4k_sums_avx2<const T: usize>(sb: *const u8, a: &[&BlockQ8K; T]) -> Q4KSums<T> {
+    let m4 = _mm256_set1_epi8(0x0f);
+    let mut sumi = [_mm256_setzero_si256(); T];
+    let mut summ = [_mm256_setzero_si256(); T];
+    for p in 0..4 {
+        // Lane pair r: row r's scales (minimums) of chunks 2p and 2p + 1.
+        let sc = _mm256_cvtepu8_epi16(_mm_loadu_si128(sb.add(32 + 16 * p) as *const __m128i));
+        let mn = _mm256_cvtepu8_epi16(_mm_loadu_si128(sb.add(96 + 16 * p) as *const __m128i));
+        let (sc_even, sc_odd) = (dup_lanes(sc, false), dup_lanes(sc, true));
+        let planes = sb.add(160 + 256 * p);
+        let mut even = [_mm256_setzero_si256(); T];
+        let mut odd = [_mm256_setzero_si256(); T];
+        for i in 0..8 {
+            let v = _mm256_loadu_si256(planes.add(32 * i) as *const __m256i);
+            let lo = _mm256_and_si256(v, m4);
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
+            for j in 0..T {
+                // Pair sums reach 2 * 15 * 127; eight of them 30480: exact in i16.
+                let qs = &a[j].qs;
+                even[j] = _mm256_add_epi16(even[j], _mm256_maddubs_epi16(lo, quad(qs, 16 * p + i)));
+                odd[j] =
+                    _mm256_add_epi16(odd[j], _mm256_maddubs_epi16(hi, quad(qs, 16 * p + 8 + i)));
+            }
+        }
+        for j in 0..T {
+            let s = _mm256_add_epi32(
+                _mm256_madd_epi16(even[j], sc_even),
+                _mm256_madd_epi16(odd[j], sc_odd),
+            );
+            sumi[j] = _mm256_add_epi32(sumi[j], s);
+            // (csum of chunk 2p, of chunk 2p + 1) in every lane pair.
+            let cs = (a[j].csums.as_ptr().add(2 * p) as *const i32).read_unaligned();
+            summ[j] = _mm256_add_epi32(summ[j], _mm256_madd_epi16(mn, _mm256_set1_epi32(cs)));
+        }
+    }
+    (sumi, summ)
+}
+
+/// [`Q4KSums`] with AVX-512 VNNI: each chunk's dot products in i32 lanes (`vpdpbusd`), then
+/// times the lane's scale; the minimums' part after the main loop, so that fewer sums are live in
+/// it. The same exact integers as [`q4k_sums_avx2`].
+#[inline(always)]
+unsafe fn q4k_sums_vnni<const T: usize>(sb: *const u8, a: &[&BlockQ8K; T]) -> Q4KSums<T> {
+    let m4 = _mm256_set1_epi8(0x0f);
+    let mut sumi = [_mm256_setzero_si256(); T];
+    for p in 0..4 {
+        let planes = sb.add(160 + 256 * p);
+        let mut even = [_mm256_setzero_si256(); T];
+        let mut odd = [_mm256_setzero_si256(); T];
+        for i in 0..8 {
+            let v = _mm256_loadu_si256(planes.add(32 * i) as *const __m256i);
+            let lo = _mm256_and_si256(v, m4);
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
+            for j in 0..T {
+                let qs = &a[j].qs;
+                even[j] = _mm256_dpbusd_epi32(even[j], lo, quad(qs, 16 * p + i));
+                odd[j] = _mm256_dpbusd_epi32(odd[j], hi, quad(qs, 16 * p + 8 + i));
+            }
+        }
+        // Lane r: (scale of chunk 2p, of chunk 2p + 1) as two u16.
+        let sc = _mm256_cvtepu8_epi16(_mm_loadu_si128(sb.add(32 + 16 * p) as *const __m128i));
+        let sc_even = _mm256_and_si256(sc, _mm256_set1_epi32(0xffff));
+        let sc_odd = _mm256_srli_epi32::<16>(sc);
+        for j in 0..T {
+            let s = _mm256_add_epi32(
+                _mm256_mullo_epi32(even[j], sc_even),
+                _mm256_mullo_epi32(odd[j], sc_odd),
+            );
+            sumi[j] = _mm256_add_epi32(sumi[j], s);
+        }
+    }
+    let mut summ = [_mm256_setzero_si256(); T];
+    for p in 0..4 {
+        let mn = _mm256_cvtepu8_epi16(_mm_loadu_si128(sb.add(96 + 16 * p) as *const __m128i));
+        for j in 0..T {
+            let cs = (a[j].csums.as_ptr().add(2 * p) as *const i32).read_unaligned();
+            summ[j] = _mm256_add_epi32(summ[j], _mm256_madd_epi16(mn, _mm256_set1_epi32(cs)));
+        }
+    }
+    (sumi, summ)
+}
+
 /// Runs kernel `K` over groups: `out[r * n + j]` = row `r` . activation row `j`, for the
 /// `out.len() / n` rows whose interleaved groups are `w` (the last group may be padded: only its
-/// real rows are written).
-#[target_feature(enable = "avx2,fma,f16c")]
+/// real rows are written). Inlined into [`drive_avx2`] / [`drive_vnni`], which enable the
+/// instruction sets.
+#[inline(always)]
 unsafe fn drive<K: X8>(w: &[u8], nb: usize, acts: &[K::Act], n: usize, out: &mut [f32]) {
     let group_bytes = nb * K::SB_BYTES;
     for (gw, o) in w.chunks_exact(group_bytes).zip(out.chunks_mut(GROUP * n)) {
@@ -230,11 +300,27 @@ unsafe fn drive<K: X8>(w: &[u8], nb: usize, acts: &[K::Act], n: usize, out: &mut
                 2 => tile::<K, 2>(gw, nb, acts, n, t0, o),
                 3 => tile::<K, 3>(gw, nb, acts, n, t0, o),
                 4 => tile::<K, 4>(gw, nb, acts, n, t0, o),
-                _ => tile::<K, 5>(gw, nb, acts, n, t0, o),
+                5 => tile::<K, 5>(gw, nb, acts, n, t0, o),
+                6 => tile::<K, 6>(gw, nb, acts, n, t0, o),
+                7 => tile::<K, 7>(gw, nb, acts, n, t0, o),
+                _ => tile::<K, 8>(gw, nb, acts, n, t0, o),
             }
             t0 += t;
         }
     }
+}
+
+/// [`drive`] compiled for AVX2.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn drive_avx2<K: X8>(w: &[u8], nb: usize, acts: &[K::Act], n: usize, out: &mut [f32]) {
+    drive::<K>(w, nb, acts, n, out)
+}
+
+/// [`drive`] compiled for AVX2 with AVX-512 VNNI (and the sixteen extra vector registers of
+/// AVX-512 VL).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn drive_vnni<K: X8>(w: &[u8], nb: usize, acts: &[K::Act], n: usize, out: &mut [f32]) {
+    drive::<K>(w, nb, acts, n, out)
 }
 
 /// One group against activation rows `t0..t0 + T`.
@@ -266,18 +352,51 @@ unsafe fn tile<K: X8, const T: usize>(
 }
 
 /// Interleaved Q5_0 groups times 32-element activation blocks. Safety: the CPU must support
-/// AVX2, FMA and F16C; `w` holds the interleaved groups of `out.len() / n` rows of `nb` blocks
-/// and `acts` `n` rows of `nb` blocks.
-pub(crate) unsafe fn rows_q50(w: &[u8], nb: usize, acts: &[BlockQ8_32], n: usize, out: &mut [f32]) {
-    drive::<Q50>(w, nb, acts, n, out)
+/// AVX2, FMA and F16C, and AVX-512 F, BW, VL and VNNI when `vnni`; `w` holds the interleaved
+/// groups of `out.len() / n` rows of `nb` blocks and `acts` `n` rows of `nb` blocks.
+pub(crate) unsafe fn rows_q50(
+    vnni: bool,
+    w: &[u8],
+    nb: usize,
+    acts: &[BlockQ8_32],
+    n: usize,
+    out: &mut [f32],
+) {
+    if vnni {
+        drive_vnni::<Q50<true>>(w, nb, acts, n, out)
+    } else {
+        drive_avx2::<Q50<false>>(w, nb, acts, n, out)
+    }
 }
 
 /// Interleaved Q4_K groups times Q8_K activation blocks (safety as [`rows_q50`]).
-pub(crate) unsafe fn rows_q4k(w: &[u8], nb: usize, acts: &[BlockQ8K], n: usize, out: &mut [f32]) {
-    drive::<Q4K>(w, nb, acts, n, out)
+pub(crate) unsafe fn rows_q4k(
+    vnni: bool,
+    w: &[u8],
+    nb: usize,
+    acts: &[BlockQ8K],
+    n: usize,
+    out: &mut [f32],
+) {
+    if vnni {
+        drive_vnni::<Q4K<true>>(w, nb, acts, n, out)
+    } else {
+        drive_avx2::<Q4K<false>>(w, nb, acts, n, out)
+    }
 }
 
 /// Interleaved Q8_0 groups times 32-element activation blocks (safety as [`rows_q50`]).
-pub(crate) unsafe fn rows_q80(w: &[u8], nb: usize, acts: &[BlockQ8_32], n: usize, out: &mut [f32]) {
-    drive::<Q80>(w, nb, acts, n, out)
+pub(crate) unsafe fn rows_q80(
+    vnni: bool,
+    w: &[u8],
+    nb: usize,
+    acts: &[BlockQ8_32],
+    n: usize,
+    out: &mut [f32],
+) {
+    if vnni {
+        drive_vnni::<Q80<true>>(w, nb, acts, n, out)
+    } else {
+        drive_avx2::<Q80<false>>(w, nb, acts, n, out)
+    }
 }

@@ -72,7 +72,7 @@ impl Bf16Matrix {
 
     fn rows_kernel(&self, w: &[bf16], x: &[f32], n: usize, out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
-        if self.isa == Isa::Avx2 {
+        if self.isa.has_avx2() {
             // SAFETY: Avx2 is set only after `Isa::is_supported`; shapes checked in `matmul`.
             unsafe { avx2::rows(w, self.cols, x, n, out) };
             return;

@@ -154,7 +154,7 @@ pub struct BlockQ8_32 {
 /// `q = round(x / d)`. Returns `d`. Deterministic and per block, so a row's quantization never
 /// depends on the other rows of a batch.
 #[inline]
-fn quantize_block(x: &[f32], qs: &mut [i8]) -> f32 {
+pub(crate) fn quantize_block(x: &[f32], qs: &mut [i8]) -> f32 {
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
     let has_nan = x.iter().any(|v| v.is_nan());
     if has_nan || amax == 0.0 || !amax.is_finite() {
@@ -175,20 +175,59 @@ fn quantize_block(x: &[f32], qs: &mut [i8]) -> f32 {
 }
 
 /// Quantizes one row of activations (length a multiple of 256) into Q8_K blocks.
+///
+/// Uses AVX2 when the CPU has it (the same bytes as the portable code).
 pub fn quantize_row_q8k(x: &[f32], out: &mut [BlockQ8K]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd() {
+        // SAFETY: `simd` confirmed AVX2; the loop stops at the shorter of `x`'s blocks and `out`.
+        unsafe { crate::avx2_quant::quantize_row_q8k(x, out) };
+        return;
+    }
     for (blk, xs) in out.iter_mut().zip(x.chunks_exact(QK_K)) {
         blk.d = quantize_block(xs, &mut blk.qs);
-        for (s, q) in blk.bsums.iter_mut().zip(blk.qs.chunks_exact(16)) {
-            *s = q.iter().map(|&v| v as i16).sum();
-        }
-        for (c, pair) in blk.csums.iter_mut().zip(blk.bsums.chunks_exact(2)) {
-            *c = pair[0] + pair[1];
-        }
+        fill_sums_q8k(blk);
+    }
+}
+
+/// Sets a Q8_K block's 16- and 32-element sums from its quants.
+pub(crate) fn fill_sums_q8k(blk: &mut BlockQ8K) {
+    for (s, q) in blk.bsums.iter_mut().zip(blk.qs.chunks_exact(16)) {
+        *s = q.iter().map(|&v| v as i16).sum();
+    }
+    for (c, pair) in blk.csums.iter_mut().zip(blk.bsums.chunks_exact(2)) {
+        *c = pair[0] + pair[1];
     }
 }
 
 /// Quantizes one row of activations (length a multiple of 32) into 32-element blocks.
+///
+/// Uses AVX2 when the CPU has it (the same bytes as the portable code).
 pub fn quantize_row_q8_32(x: &[f32], out: &mut [BlockQ8_32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd() {
+        // SAFETY: as in `quantize_row_q8k`.
+        unsafe { crate::avx2_quant::quantize_row_q8_32(x, out) };
+        return;
+    }
+    for (blk, xs) in out.iter_mut().zip(x.chunks_exact(QK32)) {
+        blk.d = quantize_block(xs, &mut blk.qs);
+        blk.sum = blk.qs.iter().map(|&v| v as i32).sum();
+    }
+}
+
+/// The portable [`quantize_row_q8k`] (for tests comparing it with the AVX2 one).
+#[cfg(test)]
+pub(crate) fn quantize_row_q8k_portable(x: &[f32], out: &mut [BlockQ8K]) {
+    for (blk, xs) in out.iter_mut().zip(x.chunks_exact(QK_K)) {
+        blk.d = quantize_block(xs, &mut blk.qs);
+        fill_sums_q8k(blk);
+    }
+}
+
+/// The portable [`quantize_row_q8_32`].
+#[cfg(test)]
+pub(crate) fn quantize_row_q8_32_portable(x: &[f32], out: &mut [BlockQ8_32]) {
     for (blk, xs) in out.iter_mut().zip(x.chunks_exact(QK32)) {
         blk.d = quantize_block(xs, &mut blk.qs);
         blk.sum = blk.qs.iter().map(|&v| v as i32).sum();

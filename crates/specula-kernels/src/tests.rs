@@ -71,7 +71,7 @@ const TYPES: [QuantType; 4] = [
 ];
 
 fn isas() -> Vec<Isa> {
-    [Isa::Scalar, Isa::Avx2]
+    [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni]
         .into_iter()
         .filter(|i| i.is_supported())
         .collect()
@@ -191,6 +191,38 @@ fn simd_agrees_with_scalar() {
                 assert!(
                     (p - q).abs() <= 1e-4 * (1.0 + p.abs()),
                     "{ty:?}: {p} vs {q}"
+                );
+            }
+        }
+    }
+}
+
+/// The AVX-512 VNNI kernels compute the same exact integer sums as the AVX2 ones and apply the
+/// same float operations, so the two agree bit for bit (a model behaves the same on either CPU).
+#[test]
+fn vnni_matches_avx2_bit_for_bit() {
+    if !Isa::Avx512Vnni.is_supported() {
+        return;
+    }
+    let mut rng = Rng(11);
+    for ty in TYPES {
+        for (rows, cols) in shapes(ty) {
+            let m = QMatrix::new(ty, rows, cols, random_matrix(ty, rows, cols, &mut rng)).unwrap();
+            for n in [1, 2, 4, 5, 6, 9, 17] {
+                let x = random_x(n * cols, &mut rng);
+                let run = |isa| {
+                    let mut y = vec![0f32; n * rows];
+                    m.clone()
+                        .with_isa(isa)
+                        .unwrap()
+                        .matmul(&x, n, &mut y)
+                        .unwrap();
+                    y
+                };
+                assert_eq!(
+                    run(Isa::Avx2),
+                    run(Isa::Avx512Vnni),
+                    "{ty:?} {rows}x{cols} n={n}"
                 );
             }
         }
@@ -440,6 +472,56 @@ fn top_rows_match_the_full_matrix_bit_for_bit() {
                     );
                 }
             }
+        }
+    }
+}
+
+/// The AVX2 activation quantizers write the portable code's bytes, including rounding ties,
+/// values at the clamp, zeros, NaN and infinities.
+#[test]
+fn avx2_quantization_matches_the_portable_code() {
+    if !crate::simd() {
+        return;
+    }
+    let mut rng = Rng(17);
+    let mut rows: Vec<Vec<f32>> = (0..50).map(|_| random_x(2 * QK_K, &mut rng)).collect();
+    // Ties: multiples of 0.5 whose block maximum is 127 make x * 127 / max exact halves.
+    rows.push(
+        (0..2 * QK_K)
+            .map(|i| (i % 255) as f32 * 0.5 - 63.5)
+            .collect(),
+    );
+    rows.push(
+        (0..2 * QK_K)
+            .map(|i| ((i * 7) % 256) as f32 - 127.0)
+            .collect(),
+    );
+    let mut special = random_x(2 * QK_K, &mut rng);
+    special[3] = f32::NAN;
+    special[QK_K + 40] = f32::INFINITY;
+    rows.push(special);
+    rows.push(vec![0.0; 2 * QK_K]);
+    let mut tiny = vec![0.0; 2 * QK_K];
+    tiny[7] = -1e-30;
+    tiny[300] = f32::MIN_POSITIVE;
+    rows.push(tiny);
+    for x in &rows {
+        let mut a = vec![BlockQ8K::default(); 2];
+        let mut b = vec![BlockQ8K::default(); 2];
+        quantize_row_q8k(x, &mut a);
+        crate::blocks::quantize_row_q8k_portable(x, &mut b);
+        for (a, b) in a.iter().zip(&b) {
+            assert_eq!(a.qs, b.qs);
+            assert_eq!(a.bsums, b.bsums);
+            assert_eq!(a.csums, b.csums);
+            assert_eq!(a.d.to_bits(), b.d.to_bits());
+        }
+        let mut a = vec![BlockQ8_32::default(); 2 * QK_K / QK32];
+        let mut b = a.clone();
+        quantize_row_q8_32(x, &mut a);
+        crate::blocks::quantize_row_q8_32_portable(x, &mut b);
+        for (a, b) in a.iter().zip(&b) {
+            assert_eq!((a.qs, a.sum, a.d.to_bits()), (b.qs, b.sum, b.d.to_bits()));
         }
     }
 }
