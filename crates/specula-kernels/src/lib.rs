@@ -9,15 +9,16 @@
 //! * **Interleaved rows.** On AVX2, Q4_K, Q5_0 and Q8_0 matrices are rearranged at load into
 //!   groups of eight rows (the `x8` layout: one vector lane per row), so a block's unpacking and
 //!   scaling is shared by eight rows and no horizontal sums are needed (the last group is padded
-//!   with zero rows); Q6_K keeps the GGUF layout. [`QMatrix::dequantize`] and
-//!   [`QMatrix::top_rows`] see the GGUF bytes either way.
+//!   with zero rows); with AVX-512 VNNI Q6_K is interleaved too, otherwise it keeps the GGUF
+//!   layout. [`QMatrix::dequantize`] and [`QMatrix::top_rows`] see the GGUF bytes either way.
 //! * **Batch-invariant.** A row's result is bit-identical whatever `n` is and wherever the row
 //!   sits in the batch: activations are quantized per row, each (weight row, activation row) pair
 //!   has its own accumulators, and the instruction sequence never depends on `n`. Greedy
 //!   speculative decoding is token-identical to plain decoding because of this.
-//! * **Runtime dispatch.** AVX2 + FMA when the CPU has them (detected at run time, no
-//!   `-C target-cpu=native` needed), a portable scalar path otherwise. `SPECULA_KERNELS=scalar`
-//!   forces the portable path.
+//! * **Runtime dispatch.** AVX-512 VNNI (on 256-bit registers), else AVX2 + FMA, when the CPU has
+//!   them (detected at run time, no `-C target-cpu=native` needed), a portable scalar path
+//!   otherwise. `SPECULA_KERNELS=scalar` forces the portable path, `SPECULA_KERNELS=avx2` the
+//!   AVX2 one.
 //!
 //! ```
 //! use specula_kernels::{QMatrix, QuantType};
@@ -322,7 +323,7 @@ impl QMatrix {
 
     /// The matrix from GGUF bytes (already checked), in the layout `isa`'s kernels read.
     fn laid_out(ty: QuantType, rows: usize, cols: usize, data: Vec<u8>, isa: Isa) -> Self {
-        let interleaved = isa.has_avx2() && x8::supports(ty);
+        let interleaved = x8::supports(ty, isa);
         let data = if interleaved {
             x8::pack(ty, rows, cols, &data)
         } else {
@@ -552,6 +553,11 @@ impl RowKernel<BlockQ8K> for QMatrix {
             // of eight rows.
             (QuantType::Q4K, Isa::Avx2 | Isa::Avx512Vnni) => unsafe {
                 avx2_x8::rows_q4k(self.isa == Isa::Avx512Vnni, w, nb, acts, n, out)
+            },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: Q6_K is interleaved only on Avx512Vnni, which `Isa::is_supported` confirmed.
+            (QuantType::Q6K, Isa::Avx512Vnni) => unsafe {
+                avx2_x8::rows_q6k_vnni(w, nb, acts, n, out)
             },
             // Never reached: only AVX2 matrices are interleaved. Unpacking keeps the result right
             // should that ever change.

@@ -197,8 +197,10 @@ fn simd_agrees_with_scalar() {
     }
 }
 
-/// The AVX-512 VNNI kernels compute the same exact integer sums as the AVX2 ones and apply the
-/// same float operations, so the two agree bit for bit (a model behaves the same on either CPU).
+/// The AVX-512 VNNI kernels of Q4_K, Q5_0 and Q8_0 compute the same exact integer sums as the
+/// AVX2 ones and apply the same float operations, so the two agree bit for bit. Q6_K runs
+/// interleaved on VNNI and row by row on AVX2: the same integers, summed into floats in another
+/// order, so it agrees to rounding.
 #[test]
 fn vnni_matches_avx2_bit_for_bit() {
     if !Isa::Avx512Vnni.is_supported() {
@@ -219,11 +221,14 @@ fn vnni_matches_avx2_bit_for_bit() {
                         .unwrap();
                     y
                 };
-                assert_eq!(
-                    run(Isa::Avx2),
-                    run(Isa::Avx512Vnni),
-                    "{ty:?} {rows}x{cols} n={n}"
-                );
+                let (a, b) = (run(Isa::Avx2), run(Isa::Avx512Vnni));
+                if ty != QuantType::Q6K {
+                    assert_eq!(a, b, "{ty:?} {rows}x{cols} n={n}");
+                    continue;
+                }
+                for (p, q) in a.iter().zip(&b) {
+                    assert!((p - q).abs() <= 1e-4 * (1.0 + p.abs()), "{p} vs {q}");
+                }
             }
         }
     }

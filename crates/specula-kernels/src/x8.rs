@@ -1,4 +1,5 @@
-//! The interleaved ("x8") layout of Q4_K, Q5_0 and Q8_0 matrices for the AVX2 kernels.
+//! The interleaved ("x8") layout of Q4_K, Q5_0 and Q8_0 matrices for the AVX2 kernels (and of
+//! Q6_K for the AVX-512 VNNI ones).
 //!
 //! A 32-weight block of these types carries too little work to hide its own decoding: one row at
 //! a time, the AVX2 kernel spent about 11 cycles per Q5_0 block (4 GB/s per core, so decode was
@@ -24,10 +25,16 @@
 //! * Q4_K, bytes `32..96`: the 6-bit scales as bytes, 16 per pair `p` of 32-weight chunks (row
 //!   `r`'s scales of chunks `2p`, `2p + 1` at bytes `2r`, `2r + 1`); `96..160`: the minimums the
 //!   same way; `160..1184`: 32 planes of nibbles, plane `8c + i` holding vector `16c + i` (chunk
-//!   `2c`) in its low and vector `16c + 8 + i` (chunk `2c + 1`) in its high nibbles.
+//!   `2c`) in its low and vector `16c + 8 + i` (chunk `2c + 1`) in its high nibbles;
+//! * Q6_K (VNNI only), bytes `16..144`: the signed scales, 8 per group `g` of 16 weights (byte
+//!   `16 + 8g + r`: row `r`'s scale of group `g`); `144..1168`: 32 planes of nibbles, plane
+//!   `2g + h` holding the low four bits of the unsigned 6-bit values of vector `4g + 2h` (low
+//!   nibbles) and `4g + 2h + 1` (high nibbles); `1168..1680`: 16 planes of the top two bits, plane
+//!   `g` holding those of vector `4g + i` in bits `2i..2i + 2`. A group's four vectors decode from
+//!   three loads, and its dot products (one `vpdpbusd` per vector) take one scale multiply.
 
-use crate::blocks::{q4k_scales, Q4K_BYTES, Q50_BYTES, QK32};
-use crate::QuantType;
+use crate::blocks::{q4k_scales, Q50_BYTES, Q6K_BYTES, QK32, QK_K};
+use crate::{Isa, QuantType};
 use rayon::prelude::*;
 
 /// Rows per interleaved group.
@@ -37,11 +44,15 @@ pub(crate) const GROUP: usize = 8;
 /// unpacked).
 pub(crate) const Q4K_SB_BYTES: usize = 32 + 128 + 1024;
 
-/// Whether `ty` has an interleaved layout. Q6_K does not: its 6-bit values cost as much to
-/// unpack interleaved as row by row, and the row kernel already streams it at the memory's speed
-/// for one row (an interleaved version measured 25 % slower for one row, 30 % for five).
-pub(crate) fn supports(ty: QuantType) -> bool {
-    matches!(ty, QuantType::Q4K | QuantType::Q5_0 | QuantType::Q8_0)
+/// Whether `ty` runs interleaved on `isa`. Q6_K does only with VNNI: on AVX2 its 6-bit values
+/// cost as much to unpack interleaved as row by row (an interleaved AVX2 version measured 25 %
+/// slower for one row, 30 % for five), while `vpdpbusd` makes the per-row work of the
+/// interleaved layout a third of the row kernel's.
+pub(crate) fn supports(ty: QuantType, isa: Isa) -> bool {
+    match ty {
+        QuantType::Q4K | QuantType::Q5_0 | QuantType::Q8_0 => isa.has_avx2(),
+        QuantType::Q6K => isa == Isa::Avx512Vnni,
+    }
 }
 
 /// Bytes of one super-block (eight rows by one block) of an interleaved `ty`.
@@ -58,14 +69,14 @@ pub(crate) fn row_offset(ty: QuantType, cols: usize, r: usize) -> usize {
 }
 
 /// The GGUF bytes of `rows x cols` (row-major blocks) interleaved, the last group padded with
-/// zero blocks. `ty` must satisfy [`supports`].
+/// zero blocks. `ty` must be interleaved on some instruction set ([`supports`]).
 pub(crate) fn pack(ty: QuantType, rows: usize, cols: usize, data: &[u8]) -> Vec<u8> {
     let bb = ty.block_bytes();
     let nb = cols / ty.block_elems();
     let row_bytes = nb * bb;
     let sbb = sb_bytes(ty);
     let mut out = vec![0u8; row_offset(ty, cols, rows)];
-    let zero = [0u8; Q4K_BYTES];
+    let zero = [0u8; Q6K_BYTES];
     // Groups are independent: packing a large model's matrices is a load-time cost worth halving.
     out.par_chunks_mut(nb * sbb)
         .enumerate()
@@ -83,7 +94,8 @@ pub(crate) fn pack(ty: QuantType, rows: usize, cols: usize, data: &[u8]) -> Vec<
                 match ty {
                     QuantType::Q8_0 => pack_q80(&blocks, sb),
                     QuantType::Q4K => pack_q4k(&blocks, sb),
-                    _ => pack_q50(&blocks, sb),
+                    QuantType::Q6K => pack_q6k(&blocks, sb),
+                    QuantType::Q5_0 => pack_q50(&blocks, sb),
                 }
             }
         });
@@ -97,7 +109,7 @@ pub(crate) fn unpack(ty: QuantType, rows: usize, cols: usize, data: &[u8]) -> Ve
     let row_bytes = nb * bb;
     let sbb = sb_bytes(ty);
     let mut out = vec![0u8; rows * row_bytes];
-    let mut blk = [0u8; Q4K_BYTES];
+    let mut blk = [0u8; Q6K_BYTES];
     for g in 0..rows.div_ceil(GROUP) {
         for b in 0..nb {
             let at = (g * nb + b) * sbb;
@@ -107,7 +119,8 @@ pub(crate) fn unpack(ty: QuantType, rows: usize, cols: usize, data: &[u8]) -> Ve
                 match ty {
                     QuantType::Q8_0 => unpack_q80(sb, r, blk),
                     QuantType::Q4K => unpack_q4k(sb, r, blk),
-                    _ => unpack_q50(sb, r, blk),
+                    QuantType::Q6K => unpack_q6k(sb, r, blk),
+                    QuantType::Q5_0 => unpack_q50(sb, r, blk),
                 }
                 let to = (g * GROUP + r) * row_bytes + b * bb;
                 out[to..to + bb].copy_from_slice(blk);
@@ -217,6 +230,70 @@ fn unpack_q4k(sb: &[u8], r: usize, blk: &mut [u8]) {
     }
 }
 
+/// Byte `at` of a Q6_K super-block holding weight `i` (0..256) of row `r`: (nibble plane byte,
+/// nibble shift, top-bits plane byte, top-bits shift).
+fn q6k_slot(r: usize, i: usize) -> (usize, u32, usize, u32) {
+    let (k, b) = (i / 4, i % 4);
+    let (g, v) = (k / 4, k % 4);
+    let lane = 4 * r + b;
+    (
+        144 + 32 * (2 * g + v / 2) + lane,
+        4 * (v % 2) as u32,
+        1168 + 32 * g + lane,
+        2 * v as u32,
+    )
+}
+
+fn pack_q6k(blocks: &[&[u8]; GROUP], sb: &mut [u8]) {
+    for (r, blk) in blocks.iter().enumerate() {
+        sb[2 * r..2 * r + 2].copy_from_slice(&blk[208..210]);
+        for g in 0..16 {
+            sb[16 + 8 * g + r] = blk[192 + g];
+        }
+        // The 6-bit values in order: half h, position l of 32, quarter q is weight 128h + 32q + l.
+        let mut q = [0u8; QK_K];
+        for h in 0..2 {
+            for l in 0..32 {
+                let (lo, hi) = (blk[64 * h + l], blk[64 * h + l + 32]);
+                let top = blk[128 + 32 * h + l];
+                q[128 * h + l] = (lo & 0x0f) | ((top & 3) << 4);
+                q[128 * h + 32 + l] = (hi & 0x0f) | (((top >> 2) & 3) << 4);
+                q[128 * h + 64 + l] = (lo >> 4) | (((top >> 4) & 3) << 4);
+                q[128 * h + 96 + l] = (hi >> 4) | ((top >> 6) << 4);
+            }
+        }
+        for g in 0..16 {
+            for b in 0..4 {
+                let lane = 4 * r + b;
+                // Weight 4k + b of vector k = 4g + v.
+                let w = |v: usize| q[4 * (4 * g + v) + b];
+                sb[144 + 64 * g + lane] = (w(0) & 0x0f) | (w(1) << 4);
+                sb[176 + 64 * g + lane] = (w(2) & 0x0f) | (w(3) << 4);
+                sb[1168 + 32 * g + lane] =
+                    (w(0) >> 4) | ((w(1) >> 4) << 2) | ((w(2) >> 4) << 4) | ((w(3) >> 4) << 6);
+            }
+        }
+    }
+}
+
+fn unpack_q6k(sb: &[u8], r: usize, blk: &mut [u8]) {
+    blk.fill(0);
+    blk[208..210].copy_from_slice(&sb[2 * r..2 * r + 2]);
+    for g in 0..16 {
+        blk[192 + g] = sb[16 + 8 * g + r];
+    }
+    // The inverse of `q6k_value`: weight `i` of half `i / 128`, quarter `(i % 128) / 32`.
+    for i in 0..QK_K {
+        let (lo, ls, hi, hs) = q6k_slot(r, i);
+        let q = ((sb[lo] >> ls) & 0x0f) | (((sb[hi] >> hs) & 3) << 4);
+        let (half, rest) = (i / 128, i % 128);
+        let (quarter, l) = (rest / 32, rest % 32);
+        let ql = 64 * half + l + 32 * (quarter % 2);
+        blk[ql] |= (q & 0x0f) << (4 * (quarter / 2));
+        blk[128 + 32 * half + l] |= (q >> 4) << (2 * quarter);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,7 +302,12 @@ mod tests {
     #[test]
     fn unpack_inverts_pack() {
         let mut rng = crate::tests::Rng(0x2545_f491_4f6c_dd1d);
-        for ty in [QuantType::Q4K, QuantType::Q5_0, QuantType::Q8_0] {
+        for ty in [
+            QuantType::Q4K,
+            QuantType::Q6K,
+            QuantType::Q5_0,
+            QuantType::Q8_0,
+        ] {
             for (rows, cols) in [(8, 256), (19, 768), (3, 512), (64, 256)] {
                 let len = rows * cols / ty.block_elems() * ty.block_bytes();
                 let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();

@@ -46,7 +46,7 @@ fn kernels_decode_candle_quantized_tensors_exactly() {
 
         // The matmul against candle's dequantized weights, for n = 1..=9, on every instruction set.
         let wd = Tensor::from_vec(theirs, (rows, cols), &Device::Cpu).unwrap();
-        for isa in [Isa::Scalar, Isa::Avx2]
+        for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni]
             .into_iter()
             .filter(|i| i.is_supported())
         {
