@@ -46,6 +46,7 @@ mod avx2_quant;
 mod avx2_x8;
 mod bf16;
 mod blocks;
+mod elementwise;
 mod scalar;
 mod x8;
 
@@ -56,6 +57,7 @@ pub use blocks::{
     quantize_row_q8k, BlockQ8K, BlockQ8_32, QK32, QK_K,
 };
 use blocks::{Q4K_BYTES, Q50_BYTES, Q6K_BYTES, Q80_BYTES};
+pub use elementwise::silu_mul;
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -129,6 +131,14 @@ pub enum KernelError {
         y_expected: usize,
         /// `y.len()`.
         y_got: usize,
+    },
+    /// The operands of an element-wise operation differ in length.
+    #[error("element-wise operands differ in length: {left} and {right}")]
+    BadElementwise {
+        /// The first operand's length.
+        left: usize,
+        /// The second operand's length.
+        right: usize,
     },
     /// The attention operands do not match their shape.
     #[error("attention operands do not match: {0}")]

@@ -7,7 +7,7 @@ use crate::weights::{Embedding, Linear, WeightSource, BATCH_INVARIANT_MAX_ROWS};
 use crate::Result;
 use candle_core::{CpuStorage, DType, Device, Layout, Storage, Tensor};
 use specula_core::{CausalLm, CoreError, LogitsSelection, TokenId};
-use specula_kernels::{causal_attention, AttentionShape, KvView};
+use specula_kernels::{causal_attention, silu_mul, AttentionShape, KvView};
 use specula_kv::{KvCache, KvConfig, KvError};
 
 /// Positions allocated at a time by the KV cache.
@@ -212,7 +212,7 @@ impl LlamaModel {
             x = (b.o.forward(&attn)? + residual)?;
             let residual = x.clone();
             let hs = candle_nn::ops::rms_norm(&x, &b.ffn_norm, eps)?;
-            let gated = (candle_nn::ops::silu(&b.gate.forward(&hs)?)? * b.up.forward(&hs)?)?;
+            let gated = swiglu(b.gate.forward(&hs)?, &b.up.forward(&hs)?)?;
             x = (b.down.forward(&gated)? + residual)?;
         }
         let range = select.range(n);
@@ -232,6 +232,26 @@ impl LlamaModel {
         };
         logits.to_dtype(DType::F32)
     }
+}
+
+/// `silu(gate) * up`: on the CPU by Specula's element-wise kernel (on the matmuls' thread pool;
+/// candle's own pool spins beside it from 64K elements on), elsewhere by candle's ops.
+fn swiglu(gate: Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
+    if !gate.device().is_cpu() || gate.dtype() != DType::F32 || up.dtype() != DType::F32 {
+        return candle_nn::ops::silu(&gate)? * up;
+    }
+    let dims = gate.dims().to_vec();
+    let mut g = gate.flatten_all()?.to_vec1::<f32>()?;
+    {
+        let up = up.contiguous()?;
+        let (storage, layout) = up.storage_and_layout();
+        let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets())
+        else {
+            candle_core::bail!("swiglu: up projection not in contiguous CPU memory");
+        };
+        silu_mul(&mut g, &cpu.as_slice::<f32>()?[start..end]).map_err(candle_core::Error::wrap)?;
+    }
+    Tensor::from_vec(g, dims, gate.device())
 }
 
 /// Attention of `q` `(1, heads, n, hd)` over `k`/`v` `(1, kv_heads, len, hd)`; returns
