@@ -402,7 +402,13 @@ impl CausalLm for LlamaModel {
             },
             other => CoreError::Backend(candle_core::Error::Msg(other.to_string())),
         })?;
-        let out = self.forward_inner(tokens, logits)?;
+        let out = if self.device.is_cpu() {
+            // On a pool thread, so that each of the forward's parallel kernels (a few hundred)
+            // is shared with the other workers without waking a sleeping caller afterwards.
+            rayon::scope(|_| self.forward_inner(tokens, logits))?
+        } else {
+            self.forward_inner(tokens, logits)?
+        };
         self.cache
             .commit(tokens.len())
             .map_err(|e| CoreError::Backend(candle_core::Error::Msg(e.to_string())))?;
