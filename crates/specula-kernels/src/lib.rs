@@ -522,11 +522,21 @@ pub(crate) fn with_out_t<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     with_buf(&OUT_T, len, f)
 }
 
-/// `y[j * rows + r] = out_t[r * n + j]`.
+/// `y[j * rows + r] = out_t[r * n + j]`, 64 rows at a time so that the writes run along `y`'s rows
+/// (one value per row of `y` at a time stored 600 KB apart for a vocabulary-sized matrix, a cache
+/// and TLB miss each: 3 % of a 9-token forward).
 pub(crate) fn transpose_into(out_t: &[f32], n: usize, rows: usize, y: &mut [f32]) {
-    for (r, col) in out_t.chunks_exact(n).enumerate() {
-        for (j, v) in col.iter().enumerate() {
-            y[j * rows + r] = *v;
+    const BLOCK: usize = 64;
+    for (b, block) in out_t.chunks(BLOCK * n).enumerate() {
+        let r0 = b * BLOCK;
+        let len = block.len() / n;
+        for (j, yj) in y.chunks_exact_mut(rows).enumerate().take(n) {
+            for (d, v) in yj[r0..r0 + len]
+                .iter_mut()
+                .zip(block[j..].iter().step_by(n))
+            {
+                *d = *v;
+            }
         }
     }
 }
