@@ -51,6 +51,10 @@ struct Args {
     /// Output directory.
     #[arg(long, default_value = "out/vs-llamacpp")]
     out: PathBuf,
+    /// The draft scores only its first N token ids (`GeneratorBuilder::draft_vocab`; default:
+    /// all).
+    #[arg(long)]
+    draft_vocab: Option<usize>,
 }
 
 /// Code-completion prompts (no trailing newline issues: passed with `-p`, not `-f`).
@@ -253,10 +257,14 @@ fn run() -> Result<(), BoxErr> {
     let mut plain = Generator::builder()
         .model(ModelSource::gguf(&target))
         .build()?;
-    let mut spec = Generator::builder()
+    let spec = Generator::builder()
         .model(ModelSource::gguf(&target))
-        .draft(ModelSource::gguf(&draft))
-        .build()?;
+        .draft(ModelSource::gguf(&draft));
+    let spec = match a.draft_vocab {
+        Some(n) => spec.draft_vocab(n),
+        None => spec,
+    };
+    let mut spec = spec.build()?;
     let warm = GenerateParams::new(2);
     plain.generate("def f(x):", &warm)?;
     spec.generate("def f(x):", &warm)?;
@@ -289,8 +297,12 @@ fn run() -> Result<(), BoxErr> {
         }
     }
 
+    let vocab = match a.draft_vocab {
+        Some(n) => format!("; Specula's draft scores its first {n} token ids"),
+        None => String::new(),
+    };
     let mut md = format!(
-        "{} code prompts, {} new tokens (EOS ignored), greedy, {} threads; decode tokens/s, \
+        "{} code prompts, {} new tokens (EOS ignored), greedy, {} threads{vocab}; decode tokens/s, \
          medians over prompts\n\n",
         a.prompts, a.max_tokens, a.threads
     );
