@@ -227,37 +227,52 @@ impl X8 for Q6K8 {
         let m4 = _mm256_set1_epi8(0x0f);
         let m30 = _mm256_set1_epi8(0x30);
         let mut sumi = [_mm256_setzero_si256(); T];
-        for g in 0..16 {
-            prefetch::<Self>(sb, 2 * g);
-            prefetch::<Self>(sb, 2 * g + 1);
-            let v0 = _mm256_loadu_si256(sb.add(144 + 64 * g) as *const __m256i);
-            let v1 = _mm256_loadu_si256(sb.add(176 + 64 * g) as *const __m256i);
-            let h = _mm256_loadu_si256(sb.add(1168 + 32 * g) as *const __m256i);
-            // The unsigned 6-bit values of vectors 4g..4g + 4 (16-bit shifts: the bits that cross
-            // into the neighbouring byte are masked off).
-            let q = [
-                _mm256_or_si256(
-                    _mm256_and_si256(v0, m4),
-                    _mm256_and_si256(_mm256_slli_epi16::<4>(h), m30),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(v0), m4),
-                    _mm256_and_si256(_mm256_slli_epi16::<2>(h), m30),
-                ),
-                _mm256_or_si256(_mm256_and_si256(v1, m4), _mm256_and_si256(h, m30)),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(v1), m4),
-                    _mm256_and_si256(_mm256_srli_epi16::<2>(h), m30),
-                ),
+        for m in 0..8 {
+            // Lane r: row r's scales of groups 2m and 2m + 1, as two i16.
+            let sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(sb.add(16 + 16 * m) as *const __m128i));
+            let sc_lanes = [
+                _mm256_srai_epi32::<16>(_mm256_slli_epi32::<16>(sc)),
+                _mm256_srai_epi32::<16>(sc),
             ];
-            let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(sb.add(16 + 8 * g) as *const __m128i));
-            for j in 0..T {
-                // sum((q - 32) * a) over the group = sum(q * a) - 32 * (the group's sum of a).
-                let mut s = _mm256_set1_epi32(-32 * a[j].bsums[g] as i32);
-                for (v, q) in q.iter().enumerate() {
-                    s = _mm256_dpbusd_epi32(s, *q, quad(&a[j].qs, 4 * g + v));
+            for (e, sc_g) in sc_lanes.iter().enumerate() {
+                let g = 2 * m + e;
+                prefetch::<Self>(sb, 2 * g);
+                prefetch::<Self>(sb, 2 * g + 1);
+                let v0 = _mm256_loadu_si256(sb.add(144 + 64 * g) as *const __m256i);
+                let v1 = _mm256_loadu_si256(sb.add(176 + 64 * g) as *const __m256i);
+                let h = _mm256_loadu_si256(sb.add(1168 + 32 * g) as *const __m256i);
+                // The unsigned 6-bit values of vectors 4g..4g + 4 (16-bit shifts: the bits that
+                // cross into the neighbouring byte are masked off).
+                let q = [
+                    _mm256_or_si256(
+                        _mm256_and_si256(v0, m4),
+                        _mm256_and_si256(_mm256_slli_epi16::<4>(h), m30),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(v0), m4),
+                        _mm256_and_si256(_mm256_slli_epi16::<2>(h), m30),
+                    ),
+                    _mm256_or_si256(_mm256_and_si256(v1, m4), _mm256_and_si256(h, m30)),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(v1), m4),
+                        _mm256_and_si256(_mm256_srli_epi16::<2>(h), m30),
+                    ),
+                ];
+                for j in 0..T {
+                    let mut s = _mm256_setzero_si256();
+                    for (v, q) in q.iter().enumerate() {
+                        s = _mm256_dpbusd_epi32(s, *q, quad(&a[j].qs, 4 * g + v));
+                    }
+                    sumi[j] = _mm256_add_epi32(sumi[j], _mm256_mullo_epi32(s, *sc_g));
                 }
-                sumi[j] = _mm256_add_epi32(sumi[j], _mm256_mullo_epi32(s, sc));
+            }
+            // The `- 32` offset: sum(sc * (q - 32) * a) = sum(sc * q * a) - sum(32 sc * bsum),
+            // the last over the pair of groups in one multiply-add (32 * 128 fits i16).
+            let sc32 = _mm256_slli_epi16::<5>(sc);
+            for j in 0..T {
+                let bs = (a[j].bsums.as_ptr().add(2 * m) as *const i32).read_unaligned();
+                let off = _mm256_madd_epi16(sc32, _mm256_set1_epi32(bs));
+                sumi[j] = _mm256_sub_epi32(sumi[j], off);
             }
         }
         let d = _mm256_cvtph_ps(_mm_loadu_si128(sb as *const __m128i));

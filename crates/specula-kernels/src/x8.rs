@@ -26,8 +26,8 @@
 //!   `r`'s scales of chunks `2p`, `2p + 1` at bytes `2r`, `2r + 1`); `96..160`: the minimums the
 //!   same way; `160..1184`: 32 planes of nibbles, plane `8c + i` holding vector `16c + i` (chunk
 //!   `2c`) in its low and vector `16c + 8 + i` (chunk `2c + 1`) in its high nibbles;
-//! * Q6_K (VNNI only), bytes `16..144`: the signed scales, 8 per group `g` of 16 weights (byte
-//!   `16 + 8g + r`: row `r`'s scale of group `g`); `144..1168`: 32 planes of nibbles, plane
+//! * Q6_K (VNNI only), bytes `16..144`: the signed scales, 16 per pair `m` of groups of 16
+//!   weights (byte `16 + 16m + 2r + e`: row `r`'s scale of group `2m + e`); `144..1168`: 32 planes of nibbles, plane
 //!   `2g + h` holding the low four bits of the unsigned 6-bit values of vector `4g + 2h` (low
 //!   nibbles) and `4g + 2h + 1` (high nibbles); `1168..1680`: 16 planes of the top two bits, plane
 //!   `g` holding those of vector `4g + i` in bits `2i..2i + 2`. A group's four vectors decode from
@@ -248,7 +248,7 @@ fn pack_q6k(blocks: &[&[u8]; GROUP], sb: &mut [u8]) {
     for (r, blk) in blocks.iter().enumerate() {
         sb[2 * r..2 * r + 2].copy_from_slice(&blk[208..210]);
         for g in 0..16 {
-            sb[16 + 8 * g + r] = blk[192 + g];
+            sb[16 + 16 * (g / 2) + 2 * r + g % 2] = blk[192 + g];
         }
         // The 6-bit values in order: half h, position l of 32, quarter q is weight 128h + 32q + l.
         let mut q = [0u8; QK_K];
@@ -280,7 +280,7 @@ fn unpack_q6k(sb: &[u8], r: usize, blk: &mut [u8]) {
     blk.fill(0);
     blk[208..210].copy_from_slice(&sb[2 * r..2 * r + 2]);
     for g in 0..16 {
-        blk[192 + g] = sb[16 + 8 * g + r];
+        blk[192 + g] = sb[16 + 16 * (g / 2) + 2 * r + g % 2];
     }
     // The inverse of `q6k_value`: weight `i` of half `i / 128`, quarter `(i % 128) / 32`.
     for i in 0..QK_K {
