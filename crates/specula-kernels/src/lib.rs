@@ -47,6 +47,7 @@ mod avx2_x8;
 mod bf16;
 mod blocks;
 mod elementwise;
+mod pool;
 mod scalar;
 mod x8;
 
@@ -58,6 +59,7 @@ pub use blocks::{
 };
 use blocks::{Q4K_BYTES, Q50_BYTES, Q6K_BYTES, Q80_BYTES};
 pub use elementwise::silu_mul;
+pub use pool::on_hot_pool;
 use rayon::prelude::*;
 use std::cell::RefCell;
 

@@ -26,6 +26,11 @@ struct Block {
     down: Linear,
 }
 
+/// Layer weights from which a CPU forward runs on the thread pool ([`specula_kernels::on_hot_pool`]):
+/// for smaller models (the tests' synthetic ones) a forward takes well under a millisecond and
+/// handing it to the pool would cost more than it saves.
+const POOL_FORWARD_MIN_PARAMS: usize = 20_000_000;
+
 /// A Llama-family decoder with its KV cache. Implements [`CausalLm`].
 #[derive(Debug, Clone)]
 pub struct LlamaModel {
@@ -116,6 +121,14 @@ impl LlamaModel {
             cache,
             device: device.clone(),
         })
+    }
+
+    /// Weights of the decoder layers' matrices (attention and MLP), from the configuration.
+    fn cfg_params(&self) -> usize {
+        let c = &self.cfg;
+        let kv = c.num_kv_heads * c.head_dim;
+        let attn = c.hidden_size * (2 * c.num_heads * c.head_dim + 2 * kv);
+        c.num_layers * (attn + 3 * c.hidden_size * c.intermediate_size)
     }
 
     /// The configuration.
@@ -402,10 +415,10 @@ impl CausalLm for LlamaModel {
             },
             other => CoreError::Backend(candle_core::Error::Msg(other.to_string())),
         })?;
-        let out = if self.device.is_cpu() {
-            // On a pool thread, so that each of the forward's parallel kernels (a few hundred)
-            // is shared with the other workers without waking a sleeping caller afterwards.
-            rayon::scope(|_| self.forward_inner(tokens, logits))?
+        let out = if self.device.is_cpu() && self.cfg_params() >= POOL_FORWARD_MIN_PARAMS {
+            // On a pool thread with the other workers awake: each of the forward's parallel
+            // kernels (a few hundred) is shared at once, and no sleeping caller is woken after.
+            specula_kernels::on_hot_pool(|| self.forward_inner(tokens, logits))?
         } else {
             self.forward_inner(tokens, logits)?
         };
