@@ -415,12 +415,17 @@ impl CausalLm for LlamaModel {
             },
             other => CoreError::Backend(candle_core::Error::Msg(other.to_string())),
         })?;
-        let out = if self.device.is_cpu() && self.cfg_params() >= POOL_FORWARD_MIN_PARAMS {
-            // On a pool thread with the other workers awake: each of the forward's parallel
-            // kernels (a few hundred) is shared at once, and no sleeping caller is woken after.
-            specula_kernels::on_hot_pool(|| self.forward_inner(tokens, logits))?
-        } else {
+        let out = if !self.device.is_cpu() || self.cfg_params() < POOL_FORWARD_MIN_PARAMS {
             self.forward_inner(tokens, logits)?
+        } else if tokens.len() > BATCH_INVARIANT_MAX_ROWS {
+            // A prompt: on a pool thread, the other workers left to sleep between kernels
+            // (candle's element-wise ops at this size bring threads of their own).
+            rayon::scope(|_| self.forward_inner(tokens, logits))?
+        } else {
+            // Decoding and verification: on a pool thread with the other workers awake, so each
+            // of the forward's parallel kernels (a few hundred) is shared at once and no sleeping
+            // caller is woken after.
+            specula_kernels::on_hot_pool(|| self.forward_inner(tokens, logits))?
         };
         self.cache
             .commit(tokens.len())
