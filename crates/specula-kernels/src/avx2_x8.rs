@@ -12,7 +12,7 @@ use crate::x8::{GROUP, Q4K_SB_BYTES};
 use std::arch::x86_64::*;
 
 /// One interleaved format.
-trait X8 {
+pub(crate) trait X8 {
     /// The activation block type.
     type Act;
     /// Bytes of a super-block (eight rows by one block).
@@ -59,9 +59,9 @@ unsafe fn scale_into<const T: usize>(
 }
 
 /// Q8_0; `V`: with AVX-512 VNNI (the same integer sums in fewer instructions).
-struct Q80<const V: bool>;
+pub(crate) struct Q80<const V: bool>;
 /// Q5_0; `V` as for [`Q80`].
-struct Q50<const V: bool>;
+pub(crate) struct Q50<const V: bool>;
 
 impl<const V: bool> X8 for Q80<V> {
     type Act = BlockQ8_32;
@@ -185,7 +185,7 @@ unsafe fn dup_lanes(v: __m256i, odd: bool) -> __m256i {
 }
 
 /// Q4_K; `V` as for [`Q80`].
-struct Q4K<const V: bool>;
+pub(crate) struct Q4K<const V: bool>;
 
 impl<const V: bool> X8 for Q4K<V> {
     type Act = BlockQ8K;
@@ -287,13 +287,24 @@ impl X8 for Q6K8 {
 /// `mins[j]`: its minimum-weighted chunk sums (Q4_K's two integer parts).
 type Q4KSums<const T: usize> = ([__m256i; T], [__m256i; T]);
 
+/// Plane `8p + i` of a Q4_K super-block split into its low nibbles (vector `16p + i`, chunk `2p`)
+/// and high ones (vector `16p + 8 + i`, chunk `2p + 1`).
+#[inline(always)]
+unsafe fn q4k_plane(sb: *const u8, p: usize, i: usize) -> (__m256i, __m256i) {
+    let m4 = _mm256_set1_epi8(0x0f);
+    let v = _mm256_loadu_si256(sb.add(160 + 256 * p + 32 * i) as *const __m256i);
+    (
+        _mm256_and_si256(v, m4),
+        _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4),
+    )
+}
+
 /// [`Q4KSums`] on AVX2: 16-bit pair sums per chunk, scaled by `madd`.
 #[inline(always)]
 unsafe fn q4k_sums_avx2<const T: usize, const V: bool>(
     sb: *const u8,
     a: &[&BlockQ8K; T],
 ) -> Q4KSums<T> {
-    let m4 = _mm256_set1_epi8(0x0f);
     let mut sumi = [_mm256_setzero_si256(); T];
     let mut summ = [_mm256_setzero_si256(); T];
     for p in 0..4 {
@@ -301,14 +312,11 @@ unsafe fn q4k_sums_avx2<const T: usize, const V: bool>(
         let sc = _mm256_cvtepu8_epi16(_mm_loadu_si128(sb.add(32 + 16 * p) as *const __m128i));
         let mn = _mm256_cvtepu8_epi16(_mm_loadu_si128(sb.add(96 + 16 * p) as *const __m128i));
         let (sc_even, sc_odd) = (dup_lanes(sc, false), dup_lanes(sc, true));
-        let planes = sb.add(160 + 256 * p);
         let mut even = [_mm256_setzero_si256(); T];
         let mut odd = [_mm256_setzero_si256(); T];
         for i in 0..8 {
             prefetch::<Q4K<V>>(sb, 8 * p + i);
-            let v = _mm256_loadu_si256(planes.add(32 * i) as *const __m256i);
-            let lo = _mm256_and_si256(v, m4);
-            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
+            let (lo, hi) = q4k_plane(sb, p, i);
             for j in 0..T {
                 // Pair sums reach 2 * 15 * 127; eight of them 30480: exact in i16.
                 let qs = &a[j].qs;
@@ -339,17 +347,13 @@ unsafe fn q4k_sums_vnni<const T: usize, const V: bool>(
     sb: *const u8,
     a: &[&BlockQ8K; T],
 ) -> Q4KSums<T> {
-    let m4 = _mm256_set1_epi8(0x0f);
     let mut sumi = [_mm256_setzero_si256(); T];
     for p in 0..4 {
-        let planes = sb.add(160 + 256 * p);
         let mut even = [_mm256_setzero_si256(); T];
         let mut odd = [_mm256_setzero_si256(); T];
         for i in 0..8 {
             prefetch::<Q4K<V>>(sb, 8 * p + i);
-            let v = _mm256_loadu_si256(planes.add(32 * i) as *const __m256i);
-            let lo = _mm256_and_si256(v, m4);
-            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
+            let (lo, hi) = q4k_plane(sb, p, i);
             for j in 0..T {
                 let qs = &a[j].qs;
                 even[j] = _mm256_dpbusd_epi32(even[j], lo, quad(qs, 16 * p + i));
@@ -448,58 +452,27 @@ unsafe fn tile<K: X8, const T: usize>(
     }
 }
 
-/// Interleaved Q5_0 groups times 32-element activation blocks. Safety: the CPU must support
-/// AVX2, FMA and F16C, and AVX-512 F, BW, VL and VNNI when `vnni`; `w` holds the interleaved
-/// groups of `out.len() / n` rows of `nb` blocks and `acts` `n` rows of `nb` blocks.
-pub(crate) unsafe fn rows_q50(
+/// Interleaved groups times activation blocks: [`drive_vnni`] with kernel `V` when `vnni`, else
+/// [`drive_avx2`] with `A` (the same format, e.g. `Q4K<false>` and `Q4K<true>`). Safety: the CPU
+/// must support AVX2, FMA and F16C, and AVX-512 F, BW, VL and VNNI when `vnni`; `w` holds the
+/// interleaved groups of `out.len() / n` rows of `nb` blocks and `acts` `n` rows of `nb` blocks.
+pub(crate) unsafe fn rows<A: X8, V: X8<Act = A::Act>>(
     vnni: bool,
     w: &[u8],
     nb: usize,
-    acts: &[BlockQ8_32],
+    acts: &[A::Act],
     n: usize,
     out: &mut [f32],
 ) {
     if vnni {
-        drive_vnni::<Q50<true>>(w, nb, acts, n, out)
+        drive_vnni::<V>(w, nb, acts, n, out)
     } else {
-        drive_avx2::<Q50<false>>(w, nb, acts, n, out)
-    }
-}
-
-/// Interleaved Q4_K groups times Q8_K activation blocks (safety as [`rows_q50`]).
-pub(crate) unsafe fn rows_q4k(
-    vnni: bool,
-    w: &[u8],
-    nb: usize,
-    acts: &[BlockQ8K],
-    n: usize,
-    out: &mut [f32],
-) {
-    if vnni {
-        drive_vnni::<Q4K<true>>(w, nb, acts, n, out)
-    } else {
-        drive_avx2::<Q4K<false>>(w, nb, acts, n, out)
-    }
-}
-
-/// Interleaved Q8_0 groups times 32-element activation blocks (safety as [`rows_q50`]).
-pub(crate) unsafe fn rows_q80(
-    vnni: bool,
-    w: &[u8],
-    nb: usize,
-    acts: &[BlockQ8_32],
-    n: usize,
-    out: &mut [f32],
-) {
-    if vnni {
-        drive_vnni::<Q80<true>>(w, nb, acts, n, out)
-    } else {
-        drive_avx2::<Q80<false>>(w, nb, acts, n, out)
+        drive_avx2::<A>(w, nb, acts, n, out)
     }
 }
 
 /// Interleaved Q6_K groups times Q8_K activation blocks. Safety: the CPU must support AVX2, FMA,
-/// F16C and AVX-512 F, BW, VL and VNNI; `w` and `acts` as for [`rows_q50`].
+/// F16C and AVX-512 F, BW, VL and VNNI; `w` and `acts` as for [`rows`].
 pub(crate) unsafe fn rows_q6k_vnni(
     w: &[u8],
     nb: usize,

@@ -574,7 +574,14 @@ impl RowKernel<BlockQ8K> for QMatrix {
             // confirmed; `w` holds whole groups (the last one padded): chunks start at multiples
             // of eight rows.
             (QuantType::Q4K, Isa::Avx2 | Isa::Avx512Vnni) => unsafe {
-                avx2_x8::rows_q4k(self.isa == Isa::Avx512Vnni, w, nb, acts, n, out)
+                avx2_x8::rows::<avx2_x8::Q4K<false>, avx2_x8::Q4K<true>>(
+                    self.isa == Isa::Avx512Vnni,
+                    w,
+                    nb,
+                    acts,
+                    n,
+                    out,
+                )
             },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: Q6_K is interleaved only on Avx512Vnni, which `Isa::is_supported` confirmed.
@@ -606,12 +613,26 @@ impl RowKernel<BlockQ8_32> for QMatrix {
             // confirmed; `w` holds whole groups (the last one padded): chunks start at multiples
             // of eight rows.
             (QuantType::Q5_0, Isa::Avx2 | Isa::Avx512Vnni) => unsafe {
-                avx2_x8::rows_q50(self.isa == Isa::Avx512Vnni, w, nb, acts, n, out)
+                avx2_x8::rows::<avx2_x8::Q50<false>, avx2_x8::Q50<true>>(
+                    self.isa == Isa::Avx512Vnni,
+                    w,
+                    nb,
+                    acts,
+                    n,
+                    out,
+                )
             },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
             (QuantType::Q8_0, Isa::Avx2 | Isa::Avx512Vnni) => unsafe {
-                avx2_x8::rows_q80(self.isa == Isa::Avx512Vnni, w, nb, acts, n, out)
+                avx2_x8::rows::<avx2_x8::Q80<false>, avx2_x8::Q80<true>>(
+                    self.isa == Isa::Avx512Vnni,
+                    w,
+                    nb,
+                    acts,
+                    n,
+                    out,
+                )
             },
             // Never reached: only AVX2 matrices are interleaved. Unpacking keeps the result right
             // should that ever change.
