@@ -201,9 +201,10 @@ pub enum Isa {
     /// x86-64 AVX2 + FMA + F16C (every AVX2 CPU has the last two).
     Avx2,
     /// [`Isa::Avx2`] plus AVX-512 VNNI on 256-bit registers (AVX-512 F, BW, VL and VNNI: Intel
-    /// Ice Lake and later, AMD Zen 4 and later). The same layout and results as `Avx2`, bit for
-    /// bit: the integer dot products of the quantized kernels take one `vpdpbusd` where AVX2
-    /// needs two or three instructions.
+    /// Ice Lake and later, AMD Zen 4 and later): the integer dot products of the quantized
+    /// kernels take one `vpdpbusd` where AVX2 needs two or three instructions. Q4_K, Q5_0 and
+    /// Q8_0 give `Avx2`'s results bit for bit; Q6_K runs interleaved here (row by row on `Avx2`),
+    /// the same integers summed into floats in another order.
     Avx512Vnni,
 }
 
