@@ -184,10 +184,7 @@ pub fn quantize_row_q8k(x: &[f32], out: &mut [BlockQ8K]) {
         unsafe { crate::avx2_quant::quantize_row_q8k(x, out) };
         return;
     }
-    for (blk, xs) in out.iter_mut().zip(x.chunks_exact(QK_K)) {
-        blk.d = quantize_block(xs, &mut blk.qs);
-        fill_sums_q8k(blk);
-    }
+    quantize_row_q8k_portable(x, out)
 }
 
 /// Sets a Q8_K block's 16- and 32-element sums from its quants.
@@ -210,14 +207,10 @@ pub fn quantize_row_q8_32(x: &[f32], out: &mut [BlockQ8_32]) {
         unsafe { crate::avx2_quant::quantize_row_q8_32(x, out) };
         return;
     }
-    for (blk, xs) in out.iter_mut().zip(x.chunks_exact(QK32)) {
-        blk.d = quantize_block(xs, &mut blk.qs);
-        blk.sum = blk.qs.iter().map(|&v| v as i32).sum();
-    }
+    quantize_row_q8_32_portable(x, out)
 }
 
-/// The portable [`quantize_row_q8k`] (for tests comparing it with the AVX2 one).
-#[cfg(test)]
+/// The portable [`quantize_row_q8k`] (also what the tests compare the AVX2 one with).
 pub(crate) fn quantize_row_q8k_portable(x: &[f32], out: &mut [BlockQ8K]) {
     for (blk, xs) in out.iter_mut().zip(x.chunks_exact(QK_K)) {
         blk.d = quantize_block(xs, &mut blk.qs);
@@ -226,7 +219,6 @@ pub(crate) fn quantize_row_q8k_portable(x: &[f32], out: &mut [BlockQ8K]) {
 }
 
 /// The portable [`quantize_row_q8_32`].
-#[cfg(test)]
 pub(crate) fn quantize_row_q8_32_portable(x: &[f32], out: &mut [BlockQ8_32]) {
     for (blk, xs) in out.iter_mut().zip(x.chunks_exact(QK32)) {
         blk.d = quantize_block(xs, &mut blk.qs);
