@@ -33,15 +33,13 @@ pub fn silu_mul(gate: &mut [f32], up: &[f32]) -> Result<(), KernelError> {
             right: up.len(),
         });
     }
-    let simd = crate::simd();
     let run = |(g, u): (&mut [f32], &[f32])| {
         #[cfg(target_arch = "x86_64")]
-        if simd {
+        if crate::simd() {
             // SAFETY: `simd` confirmed AVX2 and FMA; the slices have equal lengths.
             unsafe { avx2::silu_mul(g, u) };
             return;
         }
-        let _ = simd;
         for (g, u) in g.iter_mut().zip(u) {
             *g = *g / (1.0 + (-*g).exp()) * u;
         }

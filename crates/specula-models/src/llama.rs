@@ -31,6 +31,13 @@ struct Block {
 /// handing it to the pool would cost more than it saves.
 const POOL_FORWARD_MIN_PARAMS: usize = 20_000_000;
 
+/// Weights of the decoder layers' matrices (attention and MLP), from the configuration.
+fn layer_weights(c: &ModelConfig) -> usize {
+    let kv = c.num_kv_heads * c.head_dim;
+    let attn = c.hidden_size * (2 * c.num_heads * c.head_dim + 2 * kv);
+    c.num_layers * (attn + 3 * c.hidden_size * c.intermediate_size)
+}
+
 /// A Llama-family decoder with its KV cache. Implements [`CausalLm`].
 #[derive(Debug, Clone)]
 pub struct LlamaModel {
@@ -46,6 +53,8 @@ pub struct LlamaModel {
     sin: Tensor,
     cache: KvCache,
     device: Device,
+    /// Whether CPU forwards run on the thread pool ([`POOL_FORWARD_MIN_PARAMS`]), fixed at load.
+    pool_forward: bool,
 }
 
 impl LlamaModel {
@@ -109,6 +118,7 @@ impl LlamaModel {
             dtype: DType::F32,
             device: device.clone(),
         });
+        let pool_forward = device.is_cpu() && layer_weights(&cfg) >= POOL_FORWARD_MIN_PARAMS;
         Ok(LlamaModel {
             cfg,
             embed,
@@ -120,15 +130,8 @@ impl LlamaModel {
             sin,
             cache,
             device: device.clone(),
+            pool_forward,
         })
-    }
-
-    /// Weights of the decoder layers' matrices (attention and MLP), from the configuration.
-    fn cfg_params(&self) -> usize {
-        let c = &self.cfg;
-        let kv = c.num_kv_heads * c.head_dim;
-        let attn = c.hidden_size * (2 * c.num_heads * c.head_dim + 2 * kv);
-        c.num_layers * (attn + 3 * c.hidden_size * c.intermediate_size)
     }
 
     /// The configuration.
@@ -415,7 +418,7 @@ impl CausalLm for LlamaModel {
             },
             other => CoreError::Backend(candle_core::Error::Msg(other.to_string())),
         })?;
-        let out = if !self.device.is_cpu() || self.cfg_params() < POOL_FORWARD_MIN_PARAMS {
+        let out = if !self.pool_forward {
             self.forward_inner(tokens, logits)?
         } else if tokens.len() > BATCH_INVARIANT_MAX_ROWS {
             // A prompt: on a pool thread, the other workers left to sleep between kernels
