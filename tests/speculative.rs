@@ -788,6 +788,20 @@ fn greedy_speculation_is_token_identical_on_every_kernel_format() {
                 assert_eq!(f[..100], p[..100], "{quant:?}: limited logits differ");
                 assert!(p[100..].iter().all(|&v| v == f32::NEG_INFINITY));
             }
+            // Ids past the limit that a context uses are scored too, bit for bit; asking for the
+            // limit again forgets them.
+            let mut extended = limited.clone();
+            assert!(extended.extend_output_vocab(&[250, 120, 5, 250, 319]));
+            assert!(extended.extend_output_vocab(&[121]));
+            let scored = |id: usize| id < 100 || [120, 121, 250, 319].contains(&id);
+            for (f, p) in full.iter().zip(&rows(&mut extended)) {
+                for (id, (a, b)) in f.iter().zip(p).enumerate() {
+                    let want = if scored(id) { *a } else { f32::NEG_INFINITY };
+                    assert_eq!(b.to_bits(), want.to_bits(), "{quant:?}: id {id}");
+                }
+            }
+            assert!(extended.limit_output_vocab(100));
+            assert_eq!(rows(&mut extended), part);
             limited.reset();
         }
         for k in 1..=6 {
@@ -801,10 +815,15 @@ fn greedy_speculation_is_token_identical_on_every_kernel_format() {
                 }),
                 ("vocab-limited random", limited.clone()),
             ] {
-                let mut g = Generator::new(t.model.clone(), t.tokenizer.clone())
-                    .unwrap()
-                    .with_draft(draft, k)
-                    .unwrap();
+                let g = Generator::new(t.model.clone(), t.tokenizer.clone()).unwrap();
+                let mut g = if name.starts_with("vocab-limited") && dtype.is_none() {
+                    // Through the draft runner's own limit: it also scores the context's ids.
+                    let drafter = DraftModel::new(draft, 320).with_vocab_limit(100);
+                    assert_eq!(drafter.vocab_limit(), Some(100));
+                    g.with_proposer(Box::new(drafter), k).unwrap()
+                } else {
+                    g.with_draft(draft, k).unwrap()
+                };
                 for p in PROMPTS {
                     let want = plain.generate(p, &greedy(24)).unwrap();
                     let got = g.generate(p, &greedy(24)).unwrap();

@@ -61,6 +61,14 @@ pub trait CausalLm {
         let _ = rows;
         false
     }
+    /// While the output vocabulary is limited ([`limit_output_vocab`](CausalLm::limit_output_vocab),
+    /// which forgets these again), also computes the logits of `ids` past the limit (for a
+    /// draft model: the rare tokens of its context); returns whether they are scored. Default:
+    /// true when no limit can be in effect, i.e. when `limit_output_vocab` is not supported.
+    fn extend_output_vocab(&mut self, ids: &[TokenId]) -> bool {
+        let _ = ids;
+        true
+    }
 }
 
 impl<T: CausalLm + ?Sized> CausalLm for Box<T> {
@@ -87,5 +95,8 @@ impl<T: CausalLm + ?Sized> CausalLm for Box<T> {
     }
     fn limit_output_vocab(&mut self, rows: usize) -> bool {
         (**self).limit_output_vocab(rows)
+    }
+    fn extend_output_vocab(&mut self, ids: &[TokenId]) -> bool {
+        (**self).extend_output_vocab(ids)
     }
 }

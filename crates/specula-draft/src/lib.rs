@@ -125,8 +125,11 @@ impl DraftModel {
     /// Lets the draft model compute logits only for the first `rows` token ids
     /// ([`CausalLm::limit_output_vocab`]): in BPE vocabularies those are the frequent tokens, and
     /// a small model's output projection is a large share of its per-token cost. Rarer tokens are
-    /// then never proposed (the target still emits them: the output never changes). Without
-    /// support in the model this does nothing; [`vocab_limit`](Self::vocab_limit) tells.
+    /// proposed only once they occur in the context (the prompt or the text so far, through
+    /// [`CausalLm::extend_output_vocab`]; forgotten on [`Proposer::reset`]), since a prompt's rare
+    /// identifiers are what code repeats; others are never proposed (the target still emits them:
+    /// the output never changes). Without support in the model this does nothing;
+    /// [`vocab_limit`](Self::vocab_limit) tells.
     pub fn with_vocab_limit(mut self, rows: usize) -> Self {
         self.vocab_limit = self.model.limit_output_vocab(rows).then_some(rows);
         self
@@ -188,6 +191,10 @@ impl Proposer for DraftModel {
             return Ok(Proposal::default());
         }
         let feed = &context[keep..];
+        if self.vocab_limit.is_some() {
+            // The context's rare tokens stay proposable (a prompt's identifiers recur).
+            self.model.extend_output_vocab(feed);
+        }
         let mut logits = self.model.forward(feed, LogitsSelection::Last)?;
         self.cached.extend_from_slice(feed);
         // After an accepted step the draft sees the target's token (and maybe its own last one).
@@ -241,6 +248,10 @@ impl Proposer for DraftModel {
     fn reset(&mut self) {
         self.model.reset();
         self.cached.clear();
+        if let Some(rows) = self.vocab_limit {
+            // Forgets the previous context's rare tokens (cheap: the limit stays).
+            self.model.limit_output_vocab(rows);
+        }
     }
 
     fn pending(&self, context: &[TokenId]) -> usize {

@@ -106,6 +106,14 @@ pub enum KernelError {
         /// Rows the matrix has.
         rows: usize,
     },
+    /// A row index past the matrix's rows.
+    #[error("row {row} of a matrix with {rows} rows does not exist; ask for rows below {rows}")]
+    NoSuchRow {
+        /// The row asked for.
+        row: usize,
+        /// Rows the matrix has.
+        rows: usize,
+    },
     /// A dense matrix's value count does not match its shape.
     #[error("a {rows} x {cols} matrix needs {} values, got {got}", rows * cols)]
     BadDenseData {
@@ -373,6 +381,50 @@ impl QMatrix {
         let row_bytes = (self.cols / self.ty.block_elems()) * self.ty.block_bytes();
         let data = self.gguf_bytes()[..rows * row_bytes].to_vec();
         Ok(Self::laid_out(self.ty, rows, self.cols, data, self.isa))
+    }
+
+    /// The given rows, in the given order, as a matrix of their own (for example the rows of an
+    /// output projection for the rare tokens a context uses). Each row gives bit for bit what it
+    /// gives in `self`. Reads only the chosen rows, so it is cheap for a few hundred of them.
+    /// Errors if a row index is out of range.
+    ///
+    /// ```
+    /// use specula_kernels::{QMatrix, QuantType};
+    /// // Q8_0: one block of 32 values is a 2-byte f16 scale and 32 signed bytes.
+    /// let mut data = Vec::new();
+    /// for r in 0..3u8 {
+    ///     data.extend_from_slice(&half::f16::from_f32(1.0).to_le_bytes());
+    ///     data.extend(std::iter::repeat(r).take(32));
+    /// }
+    /// let m = QMatrix::new(QuantType::Q8_0, 3, 32, data).unwrap();
+    /// let picked = m.select_rows(&[2, 0]).unwrap();
+    /// let mut y = [0f32; 2];
+    /// picked.matmul(&[1.0; 32], 1, &mut y).unwrap();
+    /// assert_eq!(y, [64.0, 0.0]);
+    /// ```
+    pub fn select_rows(&self, rows: &[usize]) -> Result<Self, KernelError> {
+        let row_bytes = (self.cols / self.ty.block_elems()) * self.ty.block_bytes();
+        let mut data = vec![0u8; rows.len() * row_bytes];
+        for (&r, out) in rows.iter().zip(data.chunks_exact_mut(row_bytes)) {
+            if r >= self.rows {
+                return Err(KernelError::NoSuchRow {
+                    row: r,
+                    rows: self.rows,
+                });
+            }
+            if self.interleaved {
+                x8::unpack_row(self.ty, self.cols, &self.data, r, out);
+            } else {
+                out.copy_from_slice(&self.data[r * row_bytes..(r + 1) * row_bytes]);
+            }
+        }
+        Ok(Self::laid_out(
+            self.ty,
+            rows.len(),
+            self.cols,
+            data,
+            self.isa,
+        ))
     }
 
     /// The same matrix on instruction set `isa` (for tests and benchmarks).

@@ -481,6 +481,46 @@ fn top_rows_match_the_full_matrix_bit_for_bit() {
     }
 }
 
+/// Rows picked out of a matrix (`select_rows`, used for the rare tokens of a draft's context)
+/// give bit for bit what they give in the full matrix, in any order, with repeats, in every
+/// layout; a row past the end is an error.
+#[test]
+fn selected_rows_match_the_full_matrix_bit_for_bit() {
+    let mut rng = Rng(13);
+    for ty in TYPES {
+        let (rows, cols) = shapes(ty)[3];
+        let m = QMatrix::new(ty, rows, cols, random_matrix(ty, rows, cols, &mut rng)).unwrap();
+        for isa in isas() {
+            let m = m.clone().with_isa(isa).unwrap();
+            let x = random_x(3 * cols, &mut rng);
+            let mut full = vec![0f32; 3 * rows];
+            m.matmul(&x, 3, &mut full).unwrap();
+            let picks: [Vec<usize>; 4] = [
+                vec![rows - 1],
+                vec![9, 3, 3, 0, rows - 2],
+                (0..rows).rev().step_by(3).collect(),
+                Vec::new(),
+            ];
+            for pick in picks {
+                let sel = m.select_rows(&pick).unwrap();
+                assert_eq!(sel.shape(), (pick.len(), cols));
+                let mut y = vec![0f32; 3 * pick.len()];
+                sel.matmul(&x, 3, &mut y).unwrap();
+                for j in 0..3 {
+                    for (i, &r) in pick.iter().enumerate() {
+                        let (a, b) = (y[j * pick.len() + i], full[j * rows + r]);
+                        assert_eq!(a.to_bits(), b.to_bits(), "{ty:?} {isa:?}: row {r}");
+                    }
+                }
+            }
+            assert!(matches!(
+                m.select_rows(&[0, rows]),
+                Err(KernelError::NoSuchRow { row, .. }) if row == rows
+            ));
+        }
+    }
+}
+
 /// The AVX2 activation quantizers write the portable code's bytes, including rounding ties,
 /// values at the clamp, zeros, NaN and infinities.
 #[test]

@@ -104,30 +104,28 @@ pub(crate) fn pack(ty: QuantType, rows: usize, cols: usize, data: &[u8]) -> Vec<
 
 /// The inverse of [`pack`]: plain GGUF bytes of the `rows` rows.
 pub(crate) fn unpack(ty: QuantType, rows: usize, cols: usize, data: &[u8]) -> Vec<u8> {
-    let bb = ty.block_bytes();
-    let nb = cols / ty.block_elems();
-    let row_bytes = nb * bb;
-    let sbb = sb_bytes(ty);
+    let row_bytes = (cols / ty.block_elems()) * ty.block_bytes();
     let mut out = vec![0u8; rows * row_bytes];
-    let mut blk = [0u8; Q6K_BYTES];
-    for g in 0..rows.div_ceil(GROUP) {
-        for b in 0..nb {
-            let at = (g * nb + b) * sbb;
-            let sb = &data[at..at + sbb];
-            for r in 0..GROUP.min(rows - g * GROUP) {
-                let blk = &mut blk[..bb];
-                match ty {
-                    QuantType::Q8_0 => unpack_q80(sb, r, blk),
-                    QuantType::Q4K => unpack_q4k(sb, r, blk),
-                    QuantType::Q6K => unpack_q6k(sb, r, blk),
-                    QuantType::Q5_0 => unpack_q50(sb, r, blk),
-                }
-                let to = (g * GROUP + r) * row_bytes + b * bb;
-                out[to..to + bb].copy_from_slice(blk);
-            }
-        }
+    for (r, row) in out.chunks_exact_mut(row_bytes).enumerate() {
+        unpack_row(ty, cols, data, r, row);
     }
     out
+}
+
+/// The plain GGUF bytes of row `r` of interleaved `data` into `out` (one row's bytes).
+pub(crate) fn unpack_row(ty: QuantType, cols: usize, data: &[u8], r: usize, out: &mut [u8]) {
+    let bb = ty.block_bytes();
+    let sbb = sb_bytes(ty);
+    let group = &data[row_offset(ty, cols, r - r % GROUP)..];
+    let lane = r % GROUP;
+    for (sb, blk) in group.chunks_exact(sbb).zip(out.chunks_exact_mut(bb)) {
+        match ty {
+            QuantType::Q8_0 => unpack_q80(sb, lane, blk),
+            QuantType::Q4K => unpack_q4k(sb, lane, blk),
+            QuantType::Q6K => unpack_q6k(sb, lane, blk),
+            QuantType::Q5_0 => unpack_q50(sb, lane, blk),
+        }
+    }
 }
 
 /// Offset of weight `i` (0..32) of row `r` inside a super-block's vectors: vector `i / 4`, lane

@@ -49,6 +49,8 @@ pub struct LlamaModel {
     /// The output projection limited to the first tokens of the vocabulary
     /// ([`LlamaModel::limit_output_vocab`]); the other logits are `-inf`.
     lm_head_top: Option<(usize, Linear)>,
+    /// Ids past the limit that are scored anyway ([`LlamaModel::extend_output_vocab`]).
+    lm_head_extra: ExtraOutputs,
     cos: Tensor,
     sin: Tensor,
     cache: KvCache,
@@ -126,6 +128,7 @@ impl LlamaModel {
             norm,
             lm_head,
             lm_head_top: None,
+            lm_head_extra: ExtraOutputs::default(),
             cos,
             sin,
             cache,
@@ -236,18 +239,39 @@ impl LlamaModel {
         let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
         let logits = match &self.lm_head_top {
             Some((rows, head)) => {
-                let top = head.forward(&x)?.squeeze(0)?; // (selected, rows)
-                let rest = Tensor::full(
-                    f32::NEG_INFINITY,
-                    (top.dim(0)?, self.cfg.vocab_size - rows),
-                    x.device(),
-                )?;
-                Tensor::cat(&[&top.to_dtype(DType::F32)?, &rest], 1)?
+                let top = head.forward(&x)?.squeeze(0)?.to_dtype(DType::F32)?; // (selected, rows)
+                let vocab = self.cfg.vocab_size;
+                let mut all = vec![f32::NEG_INFINITY; top.dim(0)? * vocab];
+                for (row, out) in top
+                    .to_vec2::<f32>()?
+                    .iter()
+                    .zip(all.chunks_exact_mut(vocab))
+                {
+                    out[..*rows].copy_from_slice(row);
+                }
+                if let Some(extra) = &self.lm_head_extra.head {
+                    let e = extra.forward(&x)?.squeeze(0)?.to_dtype(DType::F32)?;
+                    for (row, out) in e.to_vec2::<f32>()?.iter().zip(all.chunks_exact_mut(vocab)) {
+                        for (&id, &l) in self.lm_head_extra.ids.iter().zip(row) {
+                            out[id as usize] = l;
+                        }
+                    }
+                }
+                Tensor::from_vec(all, (top.dim(0)?, vocab), x.device())?
             }
             None => self.lm_head.forward(&x)?.squeeze(0)?, // (selected, vocab)
         };
         logits.to_dtype(DType::F32)
     }
+}
+
+/// Token ids scored past a limited output vocabulary, and their rows of the output projection.
+#[derive(Debug, Clone, Default)]
+struct ExtraOutputs {
+    /// In the order of `head`'s rows.
+    ids: Vec<TokenId>,
+    known: std::collections::HashSet<TokenId>,
+    head: Option<Linear>,
 }
 
 /// `silu(gate) * up`: on the CPU by Specula's element-wise kernel (on the matmuls' thread pool;
@@ -380,13 +404,20 @@ impl LlamaModel {
     /// only makes tokens past `rows` impossible to propose. Returns false (and changes nothing)
     /// when the projection cannot be sliced (candle's quantized or the bf16 kernel) or
     /// `rows` is 0.
+    ///
+    /// Also forgets the ids [`extend_output_vocab`](Self::extend_output_vocab) added; asking again
+    /// for the limit in effect does only that (cheaply).
     pub fn limit_output_vocab(&mut self, rows: usize) -> bool {
+        if rows == 0 {
+            return false;
+        }
+        self.lm_head_extra = ExtraOutputs::default();
         if rows >= self.cfg.vocab_size {
             self.lm_head_top = None;
             return true;
         }
-        if rows == 0 {
-            return false;
+        if matches!(self.lm_head_top, Some((r, _)) if r == rows) {
+            return true;
         }
         match self.lm_head.top_rows(rows) {
             Some(head) => {
@@ -394,6 +425,40 @@ impl LlamaModel {
                 true
             }
             None => false,
+        }
+    }
+
+    /// While the output vocabulary is limited ([`limit_output_vocab`](Self::limit_output_vocab)),
+    /// also computes the logits of `ids` past the limit from now on: for a draft model, the rare
+    /// tokens of the context it drafts for (identifiers a prompt names are the tokens a model
+    /// repeats). Ids already scored, out of range or below the limit are skipped. Returns whether
+    /// the ids are scored now: true without a limit (every id is), false when the projection
+    /// cannot be sliced.
+    pub fn extend_output_vocab(&mut self, ids: &[TokenId]) -> bool {
+        let Some((rows, _)) = &self.lm_head_top else {
+            return true;
+        };
+        let vocab = self.cfg.vocab_size;
+        let extra = &mut self.lm_head_extra;
+        let before = extra.ids.len();
+        for &id in ids {
+            if (*rows..vocab).contains(&(id as usize)) && extra.known.insert(id) {
+                extra.ids.push(id);
+            }
+        }
+        if extra.ids.len() == before {
+            return true;
+        }
+        let rows: Vec<usize> = extra.ids.iter().map(|&id| id as usize).collect();
+        match self.lm_head.select_rows(&rows) {
+            Some(head) => {
+                extra.head = Some(head);
+                true
+            }
+            None => {
+                *extra = ExtraOutputs::default();
+                false
+            }
         }
     }
 }
@@ -464,5 +529,9 @@ impl CausalLm for LlamaModel {
 
     fn limit_output_vocab(&mut self, rows: usize) -> bool {
         LlamaModel::limit_output_vocab(self, rows)
+    }
+
+    fn extend_output_vocab(&mut self, ids: &[TokenId]) -> bool {
+        LlamaModel::extend_output_vocab(self, ids)
     }
 }

@@ -77,6 +77,32 @@ impl Linear {
         Some(Linear { weight, bias })
     }
 
+    /// The layer restricted to the outputs `rows`, in that order (for an output projection that
+    /// also scores the rare tokens a context uses), or `None` when its weight cannot be sliced
+    /// cheaply (as for [`Linear::top_rows`]) or a row is out of range.
+    pub fn select_rows(&self, rows: &[usize]) -> Option<Linear> {
+        let index = || {
+            let ids: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+            Tensor::new(ids.as_slice(), &candle_core::Device::Cpu)
+        };
+        let weight = match &self.weight {
+            LinearWeight::Kernel(w) => LinearWeight::Kernel(Arc::new(w.select_rows(rows).ok()?)),
+            LinearWeight::Dense(w) => {
+                let idx = index().ok()?.to_device(w.device()).ok()?;
+                LinearWeight::Dense(w.index_select(&idx, 0).ok()?)
+            }
+            LinearWeight::Bf16(_) | LinearWeight::Quantized(_) => return None,
+        };
+        let bias = match &self.bias {
+            Some(b) => Some(
+                b.index_select(&index().ok()?.to_device(b.device()).ok()?, 0)
+                    .ok()?,
+            ),
+            None => None,
+        };
+        Some(Linear { weight, bias })
+    }
+
     /// Whether one call's rows are independent of each other bit for bit.
     fn is_batch_invariant(&self) -> bool {
         matches!(self.weight, LinearWeight::Kernel(_) | LinearWeight::Bf16(_))

@@ -231,3 +231,43 @@ fn dequantized_gguf_runs_in_bf16() {
         .count();
     assert!(agree >= SEQ.len() - 1, "{agree}");
 }
+
+/// A limited output vocabulary ([`LlamaModel::limit_output_vocab`]) extended by a context's ids
+/// ([`LlamaModel::extend_output_vocab`]) scores exactly the first ids and the added ones, with the
+/// full model's values (bit for bit through Specula's kernels), on every model whose projection
+/// can be sliced; the others say so and keep scoring everything.
+#[test]
+fn limited_output_vocab_scores_its_ids_and_the_added_ones() {
+    for (name, mut m, _dir) in all_models() {
+        let want = full(&mut m);
+        let mut limited = m.clone();
+        if !limited.limit_output_vocab(100) {
+            // Candle's Q4_1 matmul and the bf16 kernel cannot be sliced.
+            assert!(
+                name.contains("q4_1") || name.contains("BF16"),
+                "{name}: not sliced"
+            );
+            assert_eq!(full(&mut limited), want);
+            continue;
+        }
+        assert!(limited.extend_output_vocab(&[250, 120, 3, 250, 9999]));
+        let got = full(&mut limited);
+        let exact = name.starts_with("gguf");
+        for (w, g) in want.iter().zip(&got) {
+            for (id, (a, b)) in w.iter().zip(g).enumerate() {
+                if id < 100 || id == 120 || id == 250 {
+                    let close = if exact { a == b } else { (a - b).abs() < 1e-3 };
+                    assert!(close, "{name}: id {id}: {b} vs {a}");
+                } else {
+                    assert_eq!(*b, f32::NEG_INFINITY, "{name}: id {id} scored");
+                }
+            }
+        }
+        // Lifting the limit scores everything again, and forgets the added ids.
+        assert!(limited.limit_output_vocab(usize::MAX));
+        assert!(limited.limit_output_vocab(100));
+        assert!(full(&mut limited)
+            .iter()
+            .all(|r| r[120] == f32::NEG_INFINITY));
+    }
+}
