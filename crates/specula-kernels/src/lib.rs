@@ -114,6 +114,14 @@ pub enum KernelError {
         /// Rows the matrix has.
         rows: usize,
     },
+    /// [`QMatrix::matmul_many`] got a different number of matrices and outputs.
+    #[error("{mats} matrices but {outputs} outputs; pass one output slice per matrix")]
+    BadMany {
+        /// Matrices given.
+        mats: usize,
+        /// Output slices given.
+        outputs: usize,
+    },
     /// A dense matrix's value count does not match its shape.
     #[error("a {rows} x {cols} matrix needs {} values, got {got}", rows * cols)]
     BadDenseData {
@@ -495,32 +503,123 @@ impl QMatrix {
         Ok(())
     }
 
+    /// [`QMatrix::matmul`] of one input by several matrices of its width (a layer's query, key
+    /// and value projections, or its gate and up projections) in one parallel region: the input
+    /// is quantized once per activation format and the pool syncs once instead of once per
+    /// matrix, and small matrices share the pool with large ones. `ys[i]` receives
+    /// `x mats[i]^T`, bit for bit what `mats[i].matmul` gives.
+    ///
+    /// ```
+    /// use specula_kernels::{QMatrix, QuantType};
+    /// let block = |v: u8| {
+    ///     let mut b = half::f16::from_f32(1.0).to_le_bytes().to_vec();
+    ///     b.extend(std::iter::repeat(v).take(32));
+    ///     b
+    /// };
+    /// let a = QMatrix::new(QuantType::Q8_0, 1, 32, block(1)).unwrap();
+    /// let b = QMatrix::new(QuantType::Q8_0, 2, 32, [block(2), block(3)].concat()).unwrap();
+    /// let (mut ya, mut yb) = ([0f32; 1], [0f32; 2]);
+    /// QMatrix::matmul_many(&[&a, &b], &[1.0; 32], 1, &mut [&mut ya, &mut yb]).unwrap();
+    /// assert_eq!((ya, yb), ([32.0], [64.0, 96.0]));
+    /// ```
+    pub fn matmul_many(
+        mats: &[&QMatrix],
+        x: &[f32],
+        n: usize,
+        ys: &mut [&mut [f32]],
+    ) -> Result<(), KernelError> {
+        if mats.len() != ys.len() {
+            return Err(KernelError::BadMany {
+                mats: mats.len(),
+                outputs: ys.len(),
+            });
+        }
+        for (m, y) in mats.iter().zip(ys.iter()) {
+            check_operands(m.rows, m.cols, n, x, y)?;
+        }
+        let Some(cols) = mats.first().map(|m| m.cols) else {
+            return Ok(());
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        let k_quant = |m: &&QMatrix| matches!(m.ty, QuantType::Q4K | QuantType::Q6K);
+        let (nb_k, nb_32) = (cols / QK_K, cols / QK32);
+        let len_k = if mats.iter().any(k_quant) {
+            n * nb_k
+        } else {
+            0
+        };
+        let len_32 = if mats.iter().all(k_quant) {
+            0
+        } else {
+            n * nb_32
+        };
+        with_buf(&ACT_K, len_k, |acts_k| {
+            with_buf(&ACT_32, len_32, |acts_32| {
+                let acts_k = &mut acts_k[..len_k];
+                let acts_32 = &mut acts_32[..len_32];
+                // (A width that is not a multiple of 256 has no K-quant matrix: nothing to do.)
+                if len_k > 0 {
+                    for (xr, ar) in x.chunks_exact(cols).zip(acts_k.chunks_exact_mut(nb_k)) {
+                        quantize_row_q8k(xr, ar);
+                    }
+                }
+                if len_32 > 0 {
+                    for (xr, ar) in x.chunks_exact(cols).zip(acts_32.chunks_exact_mut(nb_32)) {
+                        quantize_row_q8_32(xr, ar);
+                    }
+                }
+                let (acts_k, acts_32) = (&*acts_k, &*acts_32);
+                let total: usize = mats.iter().map(|m| m.rows).sum();
+                with_out_t(if n == 1 { 0 } else { n * total }, |out_t| {
+                    // One task per chunk of every matrix, writing the matrix's outputs directly
+                    // (n = 1) or its part of the transposed buffer.
+                    let mut tasks: Vec<(&QMatrix, usize, &mut [f32])> = Vec::new();
+                    let mut rest = &mut out_t[..];
+                    for (m, y) in mats.iter().zip(ys.iter_mut()) {
+                        let out: &mut [f32] = if n == 1 {
+                            &mut y[..]
+                        } else {
+                            let (mine, tail) = std::mem::take(&mut rest).split_at_mut(n * m.rows);
+                            rest = tail;
+                            mine
+                        };
+                        let chunk = m.chunk_rows();
+                        for (c, o) in out.chunks_mut(chunk * n).enumerate() {
+                            tasks.push((*m, c * chunk, o));
+                        }
+                    }
+                    tasks.into_par_iter().for_each(|(m, r0, out)| {
+                        if k_quant(&m) {
+                            m.rows_from(r0, acts_k, nb_k, n, out);
+                        } else {
+                            m.rows_from(r0, acts_32, nb_32, n, out);
+                        }
+                    });
+                    if n > 1 {
+                        let mut rest = &out_t[..];
+                        for (m, y) in mats.iter().zip(ys.iter_mut()) {
+                            let (mine, tail) = rest.split_at(n * m.rows);
+                            rest = tail;
+                            transpose_into(mine, n, m.rows, y);
+                        }
+                    }
+                })
+            })
+        });
+        Ok(())
+    }
+
     /// Computes `out_t[r * n + j]` in parallel chunks of weight rows, then transposes into `y`.
     fn run<A: Sync>(&self, acts: &[A], nb: usize, n: usize, y: &mut [f32])
     where
         Self: RowKernel<A>,
     {
-        let threads = rayon::current_num_threads().max(1);
-        // Enough chunks to balance the pool, each large enough to amortise scheduling, and
-        // whole interleaved groups.
-        let chunk = self
-            .rows
-            .div_ceil(threads * 4)
-            .max(16)
-            .next_multiple_of(x8::GROUP);
-        let row_bytes = nb * self.ty.block_bytes();
-        let at = |r: usize| {
-            if self.interleaved {
-                x8::row_offset(self.ty, self.cols, r)
-            } else {
-                r * row_bytes
-            }
-        };
+        let chunk = self.chunk_rows();
         if n == 1 {
             y.par_chunks_mut(chunk).enumerate().for_each(|(c, out)| {
-                let r0 = c * chunk;
-                let w = &self.data[at(r0)..at(r0 + out.len())];
-                self.chunk_kernel(w, nb, acts, 1, out);
+                self.rows_from(c * chunk, acts, nb, 1, out);
             });
             return;
         }
@@ -528,13 +627,36 @@ impl QMatrix {
             out_t
                 .par_chunks_mut(chunk * n)
                 .enumerate()
-                .for_each(|(c, out)| {
-                    let r0 = c * chunk;
-                    let w = &self.data[at(r0)..at(r0 + out.len() / n)];
-                    self.chunk_kernel(w, nb, acts, n, out);
-                });
+                .for_each(|(c, out)| self.rows_from(c * chunk, acts, nb, n, out));
             transpose_into(out_t, n, self.rows, y);
         });
+    }
+
+    /// Rows per parallel task: enough tasks to balance the pool, each large enough to amortise
+    /// scheduling, and whole interleaved groups.
+    fn chunk_rows(&self) -> usize {
+        let threads = rayon::current_num_threads().max(1);
+        self.rows
+            .div_ceil(threads * 4)
+            .max(16)
+            .next_multiple_of(x8::GROUP)
+    }
+
+    /// Rows `r0..r0 + out.len() / n` (`r0` a multiple of [`x8::GROUP`]) times the `n`
+    /// activation rows into `out` (`out[r * n + j]`).
+    fn rows_from<A>(&self, r0: usize, acts: &[A], nb: usize, n: usize, out: &mut [f32])
+    where
+        Self: RowKernel<A>,
+    {
+        let at = |r: usize| {
+            if self.interleaved {
+                x8::row_offset(self.ty, self.cols, r)
+            } else {
+                r * nb * self.ty.block_bytes()
+            }
+        };
+        let w = &self.data[at(r0)..at(r0 + out.len() / n)];
+        self.chunk_kernel(w, nb, acts, n, out);
     }
 
     /// Runs one chunk of rows (weights `w`, results `out`) on the kernel of the matrix's layout.

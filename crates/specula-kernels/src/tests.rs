@@ -481,6 +481,80 @@ fn top_rows_match_the_full_matrix_bit_for_bit() {
     }
 }
 
+/// One input times several matrices in one parallel region (`matmul_many`, a layer's q/k/v or
+/// gate/up) gives each matrix bit for bit its own `matmul`, for every mix of types, instruction
+/// set and n (including a prompt-sized one); mismatched operands are errors.
+#[test]
+fn matmul_many_matches_separate_matmuls_bit_for_bit() {
+    let mut rng = Rng(21);
+    let cols = 512;
+    let mixes: [&[(QuantType, usize)]; 3] = [
+        &[
+            (QuantType::Q4K, 40),
+            (QuantType::Q4K, 9),
+            (QuantType::Q6K, 9),
+        ],
+        &[
+            (QuantType::Q8_0, 3),
+            (QuantType::Q6K, 130),
+            (QuantType::Q5_0, 17),
+        ],
+        &[(QuantType::Q5_0, 64)],
+    ];
+    for mix in mixes {
+        let base: Vec<QMatrix> = mix
+            .iter()
+            .map(|&(ty, rows)| {
+                QMatrix::new(ty, rows, cols, random_matrix(ty, rows, cols, &mut rng)).unwrap()
+            })
+            .collect();
+        for isa in isas() {
+            let mats: Vec<QMatrix> = base
+                .iter()
+                .map(|m| m.clone().with_isa(isa).unwrap())
+                .collect();
+            let refs: Vec<&QMatrix> = mats.iter().collect();
+            for n in [1, 2, 5, 9, 17] {
+                let x = random_x(n * cols, &mut rng);
+                let mut got: Vec<Vec<f32>> =
+                    mats.iter().map(|m| vec![0f32; n * m.shape().0]).collect();
+                let mut outs: Vec<&mut [f32]> = got.iter_mut().map(|v| v.as_mut_slice()).collect();
+                QMatrix::matmul_many(&refs, &x, n, &mut outs).unwrap();
+                for (m, g) in mats.iter().zip(&got) {
+                    let mut want = vec![0f32; n * m.shape().0];
+                    m.matmul(&x, n, &mut want).unwrap();
+                    assert!(
+                        g.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{:?} {isa:?} n={n}: fused result differs",
+                        m.quant_type()
+                    );
+                }
+            }
+        }
+    }
+    let m = QMatrix::new(
+        QuantType::Q8_0,
+        2,
+        32,
+        random_matrix(QuantType::Q8_0, 2, 32, &mut rng),
+    )
+    .unwrap();
+    let (mut a, mut b) = (vec![0f32; 2], vec![0f32; 3]);
+    let x = vec![1f32; 32];
+    assert!(matches!(
+        QMatrix::matmul_many(&[&m, &m], &x, 1, &mut [&mut a, &mut b]),
+        Err(KernelError::BadOperands { .. })
+    ));
+    assert!(matches!(
+        QMatrix::matmul_many(&[&m], &x, 1, &mut [&mut a, &mut b[..2]]),
+        Err(KernelError::BadMany {
+            mats: 1,
+            outputs: 2
+        })
+    ));
+    QMatrix::matmul_many(&[], &x, 1, &mut []).unwrap();
+}
+
 /// Rows picked out of a matrix (`select_rows`, used for the rare tokens of a draft's context)
 /// give bit for bit what they give in the full matrix, in any order, with repeats, in every
 /// layout; a row past the end is an error.

@@ -176,20 +176,10 @@ impl LlamaModel {
         for (layer, b) in self.blocks.iter().enumerate() {
             let residual = x.clone();
             let hs = candle_nn::ops::rms_norm(&x, &b.attn_norm, eps)?;
-            let q =
-                b.q.forward(&hs)?
-                    .reshape((1, n, nh, hd))?
-                    .transpose(1, 2)?
-                    .contiguous()?;
-            let k =
-                b.k.forward(&hs)?
-                    .reshape((1, n, nkv, hd))?
-                    .transpose(1, 2)?
-                    .contiguous()?;
-            let v =
-                b.v.forward(&hs)?
-                    .reshape((1, n, nkv, hd))?
-                    .transpose(1, 2)?;
+            let [q, k, v] = Linear::forward_many([&b.q, &b.k, &b.v], &hs)?;
+            let q = q.reshape((1, n, nh, hd))?.transpose(1, 2)?.contiguous()?;
+            let k = k.reshape((1, n, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+            let v = v.reshape((1, n, nkv, hd))?.transpose(1, 2)?;
             let (q, k) = match self.cfg.rope_style {
                 RopeStyle::Half => (
                     candle_nn::rotary_emb::rope(&q, &cos, &sin)?,
@@ -231,7 +221,8 @@ impl LlamaModel {
             x = (b.o.forward(&attn)? + residual)?;
             let residual = x.clone();
             let hs = candle_nn::ops::rms_norm(&x, &b.ffn_norm, eps)?;
-            let gated = swiglu(b.gate.forward(&hs)?, &b.up.forward(&hs)?)?;
+            let [gate, up] = Linear::forward_many([&b.gate, &b.up], &hs)?;
+            let gated = swiglu(gate, &up)?;
             x = (b.down.forward(&gated)? + residual)?;
         }
         let range = select.range(n);

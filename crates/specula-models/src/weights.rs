@@ -61,6 +61,42 @@ impl Linear {
         self.forward_rows(x)
     }
 
+    /// [`Linear::forward`] of one input through several layers (a block's query, key and value
+    /// projections, or its gate and up projections), the same results bit for bit. When every
+    /// layer runs on Specula's quantized kernels the matrices share one parallel region
+    /// ([`QMatrix::matmul_many`]: one activation quantization, one pool sync); otherwise each
+    /// layer runs on its own.
+    pub fn forward_many<const N: usize>(
+        layers: [&Linear; N],
+        x: &Tensor,
+    ) -> candle_core::Result<[Tensor; N]> {
+        let mats: Option<Vec<&QMatrix>> = layers
+            .iter()
+            .map(|l| match &l.weight {
+                LinearWeight::Kernel(w) => Some(w.as_ref()),
+                _ => None,
+            })
+            .collect();
+        let mut out = Vec::with_capacity(N);
+        match mats {
+            Some(mats) if x.device().is_cpu() => {
+                for (l, y) in layers.iter().zip(many_forward(&mats, x)?) {
+                    out.push(match &l.bias {
+                        Some(b) => y.broadcast_add(b)?,
+                        None => y,
+                    });
+                }
+            }
+            _ => {
+                for l in layers {
+                    out.push(l.forward(x)?);
+                }
+            }
+        }
+        out.try_into()
+            .map_err(|_| candle_core::Error::Msg("forward_many lost an output".into()))
+    }
+
     /// The layer restricted to its first `rows` outputs (for an output projection limited to the
     /// first tokens of the vocabulary), or `None` when its weight cannot be sliced cheaply
     /// (candle's quantized matmul, the bf16 kernel).
@@ -196,6 +232,42 @@ fn kernel_forward(w: &dyn CpuMatmul, x: &Tensor) -> candle_core::Result<Tensor> 
         *last = out_features;
     }
     Tensor::from_vec(y, dims, x.device())
+}
+
+/// [`QMatrix::matmul_many`] on a tensor: `x` `(.., in)`, one `(.., out_i)` f32 tensor per matrix
+/// (no bias).
+fn many_forward(mats: &[&QMatrix], x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+    let x = x.to_dtype(DType::F32)?.contiguous()?;
+    let dims = x.dims().to_vec();
+    let in_features = mats.first().map_or(1, |m| m.shape().1);
+    let rows = x.elem_count() / in_features.max(1);
+    let mut ys: Vec<Vec<f32>> = mats
+        .iter()
+        .map(|m| vec![0f32; rows * m.shape().0])
+        .collect();
+    {
+        let (storage, layout) = x.storage_and_layout();
+        let Storage::Cpu(cpu) = &*storage else {
+            candle_core::bail!("Specula's quantized kernels run on the CPU only");
+        };
+        let all = cpu.as_slice::<f32>()?;
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("activations must be contiguous");
+        };
+        let mut outs: Vec<&mut [f32]> = ys.iter_mut().map(|y| y.as_mut_slice()).collect();
+        QMatrix::matmul_many(mats, &all[start..end], rows, &mut outs)
+            .map_err(candle_core::Error::wrap)?;
+    }
+    mats.iter()
+        .zip(ys)
+        .map(|(m, y)| {
+            let mut d = dims.clone();
+            if let Some(last) = d.last_mut() {
+                *last = m.shape().0;
+            }
+            Tensor::from_vec(y, d, x.device())
+        })
+        .collect()
 }
 
 /// Whether matrices go to Specula's own CPU kernels; `SPECULA_KERNELS=candle` keeps every matrix
