@@ -5,8 +5,9 @@
 //! computed together: each key and value row is read once for up to [`HEAD_BLOCK`] of them instead
 //! of once per head, and each dot product keeps eight independent partial sums, so the loop is
 //! limited by arithmetic throughput rather than by the latency of one long chain of additions. On
-//! AVX2 machines the same code is compiled a second time with AVX2 enabled (runtime detection);
-//! Rust never fuses a multiply and an add on its own, so both builds give the same bits.
+//! AVX2 machines the scores take eight dot products at a time (two queries by four keys, each key
+//! row loaded once for both) reduced together; both builds use fused multiply-adds (`mul_add`,
+//! correctly rounded everywhere) and the same order of additions, so they give the same bits.
 //!
 //! Batch invariance: every (row, head) pair has its own accumulators and the same instruction
 //! sequence whatever the number of rows, the head block it falls in or the split into tasks, so a
@@ -196,11 +197,14 @@ impl Block<'_> {
             // SAFETY: `simd` is true only when `Isa::detect` found AVX2 and FMA on this CPU; the
             // slices were cut to the lengths the kernels read (`hd` a multiple of 16).
             unsafe {
-                for t in 0..n {
-                    let d = avx2_dots(&qs, self.k.row(self.kvh, t, hd));
-                    for g in 0..G {
-                        scores[g * n + t] = self.scale * d[g];
-                    }
+                let mut g = 0;
+                while g + 2 <= G {
+                    let (a, b) = scores[g * n..(g + 2) * n].split_at_mut(n);
+                    avx2_scores::<2, 4>([qs[g], qs[g + 1]], self, [a, b]);
+                    g += 2;
+                }
+                if g < G {
+                    avx2_scores::<1, 8>([qs[g]], self, [&mut scores[g * n..(g + 1) * n]]);
                 }
                 let sums = softmax::<G>(scores, n);
                 avx2_weighted_sum::<G>(scores, n, self.v, self.kvh, hd, o);
@@ -222,7 +226,7 @@ impl Block<'_> {
             for (g, og) in o.chunks_exact_mut(hd).enumerate() {
                 let p = scores[g * n + t];
                 for (x, y) in og.iter_mut().zip(vt) {
-                    *x += p * y;
+                    *x = p.mul_add(*y, *x);
                 }
             }
         }
@@ -256,7 +260,8 @@ fn normalize<const G: usize>(o: &mut [f32], hd: usize, sums: [f32; G]) {
 }
 
 /// The dot products of `G` queries with one key row, each over [`LANES`] partial sums (lane `l`
-/// takes the elements `l, l + 8, ...`) added in a fixed order at the end.
+/// takes the elements `l, l + 8, ...`, one fused multiply-add each) added pairwise at the end:
+/// `((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))`, the order of [`avx2_scores`].
 #[inline(always)]
 fn dots<const G: usize>(qs: &[&[f32]; G], k: &[f32]) -> [f32; G] {
     let hd = k.len();
@@ -267,42 +272,74 @@ fn dots<const G: usize>(qs: &[&[f32]; G], k: &[f32]) -> [f32; G] {
         for g in 0..G {
             let qc = &qs[g][c..c + LANES];
             for l in 0..LANES {
-                acc[g][l] += qc[l] * kc[l];
+                acc[g][l] = qc[l].mul_add(kc[l], acc[g][l]);
             }
         }
     }
     for c in whole..hd {
         for g in 0..G {
-            acc[g][c - whole] += qs[g][c] * k[c];
+            acc[g][c - whole] = qs[g][c].mul_add(k[c], acc[g][c - whole]);
         }
     }
-    acc.map(|a| ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7])))
+    acc.map(|a| ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7])))
 }
 
-/// [`dots`] in AVX2 registers: the same multiplications and additions (a separate multiply and
-/// add, never fused) in the same order, so the same bits. `k.len()` must be a multiple of 8 and
-/// each query at least as long.
+/// `out[g][t] = scale * q[g] . key t` over the block's visible keys, for `Q` queries, `K` keys at
+/// a time (`Q * K = 8` accumulators: each key row loaded once for the `Q` queries), with
+/// [`dots`]'s lanes, fused multiply-adds and final order, so the same bits. Each query holds `hd`
+/// floats, a multiple of 8.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn avx2_dots<const G: usize>(qs: &[&[f32]; G], k: &[f32]) -> [f32; G] {
+unsafe fn avx2_scores<const Q: usize, const K: usize>(
+    qs: [&[f32]; Q],
+    blk: &Block<'_>,
+    mut out: [&mut [f32]; Q],
+) {
     use std::arch::x86_64::*;
-    let mut acc = [_mm256_setzero_ps(); G];
-    for c in (0..k.len()).step_by(LANES) {
-        let kc = _mm256_loadu_ps(k.as_ptr().add(c));
-        for g in 0..G {
-            let qc = _mm256_loadu_ps(qs[g].as_ptr().add(c));
-            acc[g] = _mm256_add_ps(acc[g], _mm256_mul_ps(qc, kc));
+    const { assert!(Q * K == 8) };
+    let (hd, n, scale) = (blk.hd, blk.visible, blk.scale);
+    let key = |t: usize| blk.k.row(blk.kvh, t, hd);
+    let s = _mm256_set1_ps(scale);
+    let blocks = n / K;
+    for b in 0..blocks {
+        let t0 = b * K;
+        let rows: [&[f32]; K] = std::array::from_fn(|i| key(t0 + i));
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for c in (0..hd).step_by(LANES) {
+            let kc: [__m256; K] = std::array::from_fn(|i| _mm256_loadu_ps(rows[i].as_ptr().add(c)));
+            for (g, q) in qs.iter().enumerate() {
+                let qc = _mm256_loadu_ps(q.as_ptr().add(c));
+                for i in 0..K {
+                    acc[g * K + i] = _mm256_fmadd_ps(qc, kc[i], acc[g * K + i]);
+                }
+            }
+        }
+        // Lane j of `sums`: accumulator j's ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)).
+        let h01 = _mm256_hadd_ps(acc[0], acc[1]);
+        let h23 = _mm256_hadd_ps(acc[2], acc[3]);
+        let h45 = _mm256_hadd_ps(acc[4], acc[5]);
+        let h67 = _mm256_hadd_ps(acc[6], acc[7]);
+        let (lo4, hi4) = (_mm256_hadd_ps(h01, h23), _mm256_hadd_ps(h45, h67));
+        let sums = _mm256_add_ps(
+            _mm256_permute2f128_ps::<0x20>(lo4, hi4),
+            _mm256_permute2f128_ps::<0x31>(lo4, hi4),
+        );
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_mul_ps(s, sums));
+        for (g, o) in out.iter_mut().enumerate() {
+            o[t0..t0 + K].copy_from_slice(&lanes[g * K..(g + 1) * K]);
         }
     }
-    let mut out = [0f32; G];
-    for g in 0..G {
-        out[g] = crate::avx2::hsum(acc[g]);
+    for t in blocks * K..n {
+        let d = dots(&qs, key(t));
+        for (o, d) in out.iter_mut().zip(d) {
+            o[t] = scale * d;
+        }
     }
-    out
 }
 
 /// `o[g, :] = sum_t w[g * n + t] * V[t, :]` in t order, 16 columns at a time held in registers
-/// (the same products and sums, in the same order, as the portable loop). `hd` must be a multiple
+/// (the same fused multiply-adds, in the same order, as the portable loop). `hd` must be a multiple
 /// of 16; `o` is `G * hd` long and `v` holds `n` positions of head `kvh`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
@@ -314,23 +351,43 @@ unsafe fn avx2_weighted_sum<const G: usize>(
     hd: usize,
     o: &mut [f32],
 ) {
+    // Eight accumulators where the head dimension allows (two FMAs per cycle at four cycles'
+    // latency need eight independent chains; with fewer the loop waits on them).
+    match G {
+        1 if hd.is_multiple_of(8 * LANES) => weighted_sum_cols::<G, 8>(w, n, v, kvh, hd, o),
+        2 if hd.is_multiple_of(4 * LANES) => weighted_sum_cols::<G, 4>(w, n, v, kvh, hd, o),
+        _ => weighted_sum_cols::<G, 2>(w, n, v, kvh, hd, o),
+    }
+}
+
+/// [`avx2_weighted_sum`] over `W` vectors of columns per pass (`hd` a multiple of `8 W`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn weighted_sum_cols<const G: usize, const W: usize>(
+    w: &[f32],
+    n: usize,
+    v: KvView<'_>,
+    kvh: usize,
+    hd: usize,
+    o: &mut [f32],
+) {
     use std::arch::x86_64::*;
-    for c in (0..hd).step_by(2 * LANES) {
-        let mut lo = [_mm256_setzero_ps(); G];
-        let mut hi = [_mm256_setzero_ps(); G];
+    for c in (0..hd).step_by(W * LANES) {
+        let mut acc = [[_mm256_setzero_ps(); W]; G];
         for t in 0..n {
             let vt = v.row(kvh, t, hd).as_ptr().add(c);
-            let (v0, v1) = (_mm256_loadu_ps(vt), _mm256_loadu_ps(vt.add(LANES)));
-            for g in 0..G {
+            let vs: [__m256; W] = std::array::from_fn(|i| _mm256_loadu_ps(vt.add(i * LANES)));
+            for (g, acc) in acc.iter_mut().enumerate() {
                 let p = _mm256_set1_ps(*w.get_unchecked(g * n + t));
-                lo[g] = _mm256_add_ps(lo[g], _mm256_mul_ps(p, v0));
-                hi[g] = _mm256_add_ps(hi[g], _mm256_mul_ps(p, v1));
+                for (a, x) in acc.iter_mut().zip(vs) {
+                    *a = _mm256_fmadd_ps(p, x, *a);
+                }
             }
         }
-        for g in 0..G {
-            let at = o.as_mut_ptr().add(g * hd + c);
-            _mm256_storeu_ps(at, lo[g]);
-            _mm256_storeu_ps(at.add(LANES), hi[g]);
+        for (g, acc) in acc.iter().enumerate() {
+            for (i, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(o.as_mut_ptr().add(g * hd + c + i * LANES), *a);
+            }
         }
     }
 }

@@ -368,7 +368,7 @@ fn attention_case(heads: usize, kv_heads: usize, hd: usize, rng: &mut Rng) {
             .unwrap()
     };
     let (one_thread, many_threads) = (pool(1), pool(8));
-    for (pos, n) in [(0, 1), (5, 1), (5, 4), (10, 9)] {
+    for (pos, n) in [(0, 1), (5, 1), (5, 4), (10, 9), (20, 9)] {
         let q = random_x(heads * n * hd, rng);
         let shape = AttentionShape {
             n,
