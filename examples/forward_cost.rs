@@ -8,7 +8,10 @@
 //! ```
 //! Each round runs one forward of every n (after a `--context`-token prefix, truncated back after
 //! each forward, all logits computed as a verification does); prints the median time per n and
-//! the median over rounds of each round's `t(n) / t(1)`.
+//! the median over rounds of each round's `t(n) / t(1)`, and with `--blocks B` the means of each
+//! block of B rounds over time (on this project's shared machine the host alternates, every few
+//! tens of seconds, between a state where the one-token forward is fast and the multi-token ones
+//! slow and one where it is the other way round; see docs/benchmarks.md).
 
 use clap::Parser;
 use specula::{CausalLm, LogitsSelection, ModelSource, TokenId};
@@ -31,6 +34,10 @@ struct Args {
     /// The n values, comma-separated.
     #[arg(long, default_value = "1,2,3,4,5,6,7,8,9", value_delimiter = ',')]
     ns: Vec<usize>,
+    /// Also print the mean times and ratios of each block of this many consecutive rounds (0:
+    /// none): a shared host's state drifts over tens of seconds, and this shows how.
+    #[arg(long, default_value_t = 0)]
+    blocks: usize,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -39,6 +46,32 @@ fn median(mut v: Vec<f64>) -> f64 {
         0 => f64::NAN,
         l => v[l / 2],
     }
+}
+
+/// Per block of `size` rounds: when it ended, the mean ms of each n and the mean ratio to n = 1.
+fn print_blocks(ns: &[usize], times: &[Vec<f64>], ends: &[f64], size: usize) {
+    let head: Vec<String> = ns.iter().map(|n| format!("n = {n} ms (ratio)")).collect();
+    println!("| block ends at s | {} |", head.join(" | "));
+    println!("|---|{}", "---|".repeat(ns.len()));
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    for (b, end) in ends.chunks(size).enumerate() {
+        let at = |t: &Vec<f64>| t[b * size..(b * size + end.len()).min(t.len())].to_vec();
+        let ones = at(&times[0]);
+        let cells: Vec<String> = times
+            .iter()
+            .map(|t| {
+                let mine = at(t);
+                let ratios: Vec<f64> = mine.iter().zip(&ones).map(|(a, b)| a / b).collect();
+                format!("{:.1} ({:.2}x)", mean(&mine), mean(&ratios))
+            })
+            .collect();
+        println!(
+            "| {:.0} | {} |",
+            end.last().unwrap_or(&0.0),
+            cells.join(" | ")
+        );
+    }
+    println!();
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -54,6 +87,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     m.forward(&prefix, LogitsSelection::Last)?;
     let mut times = vec![Vec::new(); args.ns.len()];
+    let start = Instant::now();
+    let mut ends = Vec::new();
     for round in 0..=args.rounds {
         for (i, &n) in args.ns.iter().enumerate() {
             let toks: Vec<TokenId> = (0..n as TokenId).map(|t| 200 + t).collect();
@@ -66,6 +101,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 times[i].push(dt);
             }
         }
+        if round > 0 {
+            ends.push(start.elapsed().as_secs_f64());
+        }
+    }
+    if args.blocks > 0 {
+        print_blocks(&args.ns, &times, &ends, args.blocks);
     }
     println!("| n | median ms | median ratio to n = 1 |");
     println!("|---|---|---|");

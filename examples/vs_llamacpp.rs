@@ -51,8 +51,8 @@ struct Args {
     /// Output directory.
     #[arg(long, default_value = "out/vs-llamacpp")]
     out: PathBuf,
-    /// The draft scores only its first N token ids (`GeneratorBuilder::draft_vocab`; default:
-    /// all).
+    /// The draft scores only its first N token ids and its context's (`GeneratorBuilder::
+    /// draft_vocab`; 0: all; default: the library's `DEFAULT_DRAFT_VOCAB`).
     #[arg(long)]
     draft_vocab: Option<usize>,
 }
@@ -297,9 +297,9 @@ fn run() -> Result<(), BoxErr> {
         }
     }
 
-    let vocab = match a.draft_vocab {
-        Some(n) => format!("; Specula's draft scores its first {n} token ids"),
-        None => String::new(),
+    let vocab = match a.draft_vocab.unwrap_or(specula::DEFAULT_DRAFT_VOCAB) {
+        0 => "; Specula's draft scores every token id".to_string(),
+        n => format!("; Specula's draft scores its first {n} token ids and its context's"),
     };
     let mut md = format!(
         "{} code prompts, {} new tokens (EOS ignored), greedy, {} threads{vocab}; decode tokens/s, \

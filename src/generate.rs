@@ -137,10 +137,10 @@ impl GeneratorBuilder {
         self
     }
 
-    /// Let the draft model score only the first `n` token ids (default [`DEFAULT_DRAFT_VOCAB`]:
-    /// the whole vocabulary). See [`DraftModel::with_vocab_limit`]: a cheaper draft step, never a
-    /// different output, but rarer tokens are no longer proposed (on the Qwen pair, 32,768 ids
-    /// made draft steps ~8 % cheaper and lowered acceptance by about as much: no net gain).
+    /// Let the draft model score only the first `n` token ids and the rarer ones its context uses
+    /// (default [`DEFAULT_DRAFT_VOCAB`]; 0: the whole vocabulary). See
+    /// [`DraftModel::with_vocab_limit`]: a cheaper draft step, never a different output; other
+    /// rare tokens are no longer proposed.
     pub fn draft_vocab(mut self, n: usize) -> Self {
         self.draft_vocab = Some(n);
         self
@@ -255,8 +255,13 @@ impl GeneratorBuilder {
 /// Draft length of [`Generator::with_draft`]-style fixed speculation when none is given.
 pub const DEFAULT_DRAFT_LEN: usize = 4;
 
-/// Token ids a draft model scores by default ([`GeneratorBuilder::draft_vocab`]); 0 = all.
-pub const DEFAULT_DRAFT_VOCAB: usize = 0;
+/// Token ids a draft model scores by default ([`GeneratorBuilder::draft_vocab`]), besides the
+/// rarer ones of its context; 0 = all. A BPE vocabulary's first 32,768 ids cover about 94 % of
+/// code tokens and 92 % of Spec-Bench's (Qwen2.5; 97.6 % and 95 % with the context's ids), and
+/// scoring only them takes 80 % off the output projection of the Qwen2.5 0.5B draft (a third of
+/// its bytes): on the Qwen pair, fixed k = 4, Spec-Bench 1.28x plain instead of 1.08x, code
+/// prompts 1.73x instead of 1.54x (docs/benchmarks.md).
+pub const DEFAULT_DRAFT_VOCAB: usize = 32_768;
 
 /// Longest draft the adaptive draft length considers by default.
 pub const DEFAULT_MAX_DRAFT_LEN: usize = 6;
