@@ -207,7 +207,18 @@ impl Block<'_> {
                     avx2_scores::<1, 8>([qs[g]], self, [&mut scores[g * n..(g + 1) * n]]);
                 }
                 let sums = softmax::<G>(scores, n);
-                avx2_weighted_sum::<G>(scores, n, self.v, self.kvh, hd, o);
+                // Eight accumulator chains where the head dimension allows (two FMAs per cycle at
+                // four cycles' latency; with four the loop waits on them).
+                let (v, kvh) = (self.v, self.kvh);
+                match G {
+                    1 if hd.is_multiple_of(8 * LANES) => {
+                        avx2_weighted_sum::<G, 8>(scores, n, v, kvh, hd, o)
+                    }
+                    2 if hd.is_multiple_of(4 * LANES) => {
+                        avx2_weighted_sum::<G, 4>(scores, n, v, kvh, hd, o)
+                    }
+                    _ => avx2_weighted_sum::<G, 2>(scores, n, v, kvh, hd, o),
+                }
                 normalize(o, hd, sums);
             }
             return G;
@@ -338,32 +349,13 @@ unsafe fn avx2_scores<const Q: usize, const K: usize>(
     }
 }
 
-/// `o[g, :] = sum_t w[g * n + t] * V[t, :]` in t order, 16 columns at a time held in registers
-/// (the same fused multiply-adds, in the same order, as the portable loop). `hd` must be a multiple
-/// of 16; `o` is `G * hd` long and `v` holds `n` positions of head `kvh`.
+/// `o[g, :] = sum_t w[g * n + t] * V[t, :]` in t order, `W` vectors of columns at a time held in
+/// registers (the same fused multiply-adds, in the same order, as the portable loop, whatever
+/// `W`). `hd` must be a multiple of `8 W`; `o` is `G * hd` long and `v` holds `n` positions of
+/// head `kvh`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn avx2_weighted_sum<const G: usize>(
-    w: &[f32],
-    n: usize,
-    v: KvView<'_>,
-    kvh: usize,
-    hd: usize,
-    o: &mut [f32],
-) {
-    // Eight accumulators where the head dimension allows (two FMAs per cycle at four cycles'
-    // latency need eight independent chains; with fewer the loop waits on them).
-    match G {
-        1 if hd.is_multiple_of(8 * LANES) => weighted_sum_cols::<G, 8>(w, n, v, kvh, hd, o),
-        2 if hd.is_multiple_of(4 * LANES) => weighted_sum_cols::<G, 4>(w, n, v, kvh, hd, o),
-        _ => weighted_sum_cols::<G, 2>(w, n, v, kvh, hd, o),
-    }
-}
-
-/// [`avx2_weighted_sum`] over `W` vectors of columns per pass (`hd` a multiple of `8 W`).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn weighted_sum_cols<const G: usize, const W: usize>(
+unsafe fn avx2_weighted_sum<const G: usize, const W: usize>(
     w: &[f32],
     n: usize,
     v: KvView<'_>,

@@ -209,6 +209,22 @@ fn dense_weight(w: Tensor) -> Result<LinearWeight> {
     Ok(LinearWeight::Dense(w))
 }
 
+/// Runs `f` on the values of `x`, a contiguous f32 tensor on the CPU, read in place.
+fn with_cpu_f32<R>(
+    x: &Tensor,
+    f: impl FnOnce(&[f32]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    let (storage, layout) = x.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("Specula's quantized kernels run on the CPU only");
+    };
+    let all = cpu.as_slice::<f32>()?;
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("activations must be contiguous");
+    };
+    f(&all[start..end])
+}
+
 /// `x W^T` on Specula's kernels: reads `x` in place (f32, CPU) and writes a fresh output.
 fn kernel_forward(w: &dyn CpuMatmul, x: &Tensor) -> candle_core::Result<Tensor> {
     let (out_features, in_features) = w.shape();
@@ -216,18 +232,10 @@ fn kernel_forward(w: &dyn CpuMatmul, x: &Tensor) -> candle_core::Result<Tensor> 
     let mut dims = x.dims().to_vec();
     let rows = x.elem_count() / in_features.max(1);
     let mut y = vec![0f32; rows * out_features];
-    {
-        let (storage, layout) = x.storage_and_layout();
-        let Storage::Cpu(cpu) = &*storage else {
-            candle_core::bail!("Specula's quantized kernels run on the CPU only");
-        };
-        let all = cpu.as_slice::<f32>()?;
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("activations must be contiguous");
-        };
-        w.matmul(&all[start..end], rows, &mut y)
-            .map_err(candle_core::Error::wrap)?;
-    }
+    with_cpu_f32(&x, |all| {
+        w.matmul(all, rows, &mut y)
+            .map_err(candle_core::Error::wrap)
+    })?;
     if let Some(last) = dims.last_mut() {
         *last = out_features;
     }
@@ -245,19 +253,10 @@ fn many_forward(mats: &[&QMatrix], x: &Tensor) -> candle_core::Result<Vec<Tensor
         .iter()
         .map(|m| vec![0f32; rows * m.shape().0])
         .collect();
-    {
-        let (storage, layout) = x.storage_and_layout();
-        let Storage::Cpu(cpu) = &*storage else {
-            candle_core::bail!("Specula's quantized kernels run on the CPU only");
-        };
-        let all = cpu.as_slice::<f32>()?;
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("activations must be contiguous");
-        };
+    with_cpu_f32(&x, |all| {
         let mut outs: Vec<&mut [f32]> = ys.iter_mut().map(|y| y.as_mut_slice()).collect();
-        QMatrix::matmul_many(mats, &all[start..end], rows, &mut outs)
-            .map_err(candle_core::Error::wrap)?;
-    }
+        QMatrix::matmul_many(mats, all, rows, &mut outs).map_err(candle_core::Error::wrap)
+    })?;
     mats.iter()
         .zip(ys)
         .map(|(m, y)| {
