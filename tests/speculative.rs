@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{synthetic_tokenizer, ScriptedLm, TableLm};
+use common::{synthetic_tokenizer, ScriptedLm, SlowLm, TableLm};
 use specula::{
     CausalLm, DraftModel, FinishReason, GenerateParams, Generator, LlamaModel, LogitsProcessor,
     LogitsSelection, ModelSource, Proposal, Proposer, SamplingParams, TokenId,
@@ -568,7 +568,13 @@ fn ngram_composed_and_adaptive_greedy_are_token_identical() {
         .collect();
     let vocab = target.vocab_size();
     let build = |mode: &str| -> Generator {
-        let g = Generator::new(target.clone(), tok.clone()).unwrap();
+        // The target made slow (a large model's flat step cost), so that drafting pays whatever
+        // the machine's timing of tiny forwards: the adaptive modes must draft, not only match.
+        let slow = SlowLm {
+            inner: target.clone(),
+            pause: std::time::Duration::from_millis(4),
+        };
+        let g = Generator::new(slow, tok.clone()).unwrap();
         let drafter = || Box::new(DraftModel::new(draft.clone(), vocab).with_min_confidence(0.2));
         match mode {
             "ngram" => g

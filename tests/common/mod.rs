@@ -148,3 +148,41 @@ impl CausalLm for TableLm {
         &self.device
     }
 }
+
+/// A model whose every forward takes at least `pause` longer, whatever its length: a large
+/// target's cost profile (a step dominated by reading the weights, nearly flat in the number of
+/// tokens) on a tiny test model, so that an adaptive controller's choices do not hang on how a
+/// loaded test machine times tiny forwards.
+pub struct SlowLm<M> {
+    pub inner: M,
+    pub pause: std::time::Duration,
+}
+
+impl<M: CausalLm> CausalLm for SlowLm<M> {
+    fn forward(
+        &mut self,
+        tokens: &[TokenId],
+        sel: LogitsSelection,
+    ) -> specula_core::Result<Tensor> {
+        std::thread::sleep(self.pause);
+        self.inner.forward(tokens, sel)
+    }
+    fn seq_len(&self) -> usize {
+        self.inner.seq_len()
+    }
+    fn truncate(&mut self, len: usize) -> specula_core::Result<()> {
+        self.inner.truncate(len)
+    }
+    fn reset(&mut self) {
+        self.inner.reset()
+    }
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab_size()
+    }
+    fn max_seq_len(&self) -> usize {
+        self.inner.max_seq_len()
+    }
+    fn device(&self) -> &Device {
+        self.inner.device()
+    }
+}
