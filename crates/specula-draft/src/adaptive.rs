@@ -281,7 +281,7 @@ impl AdaptiveK {
     }
 
     /// Estimated time of a target forward of `n` tokens (`None` before any measurement): a
-    /// measured multi-token cost is scaled to the current plain step cost (see [`Scaled`]).
+    /// measured multi-token cost is scaled to the current plain step cost (see `Scaled`).
     pub fn verify_cost(&self, n: usize) -> Option<f64> {
         if n == 0 {
             return None;

@@ -28,8 +28,8 @@ enum LinearWeight {
     Dense(Tensor),
 }
 
-/// Largest number of rows that [`Linear::forward`] computes one row at a time when the weight is
-/// not on Specula's own kernels (those are batch-invariant for any number of rows).
+/// Largest number of rows that the layers' `Linear::forward` computes one row at a time when the
+/// weight is not on Specula's own kernels (those are batch-invariant for any number of rows).
 ///
 /// candle's CPU kernels pick different code paths for one row and for several (on x86 the Q8_0
 /// and Q6_K matmuls repack weights and quantize activations differently when `m > 1`, and the
