@@ -21,6 +21,7 @@
 //! The workspace crates: [`specula_core`] (sampling, stop criteria, metrics, the
 //! [`CausalLm`] trait), [`specula_kv`] (the KV cache), [`specula_models`] (the decoder,
 //! loaders, tokenizers).
+#![warn(missing_docs)]
 
 mod generate;
 mod stream;

@@ -7,6 +7,7 @@
 //!
 //! The crate has no model code and no I/O; it is small on purpose so that the draft runner, the
 //! verifier and the facade can all depend on it.
+#![warn(missing_docs)]
 
 pub mod error;
 pub mod metrics;

@@ -7,6 +7,7 @@
 //! catches up with the tokens it has not seen (the target's correction or bonus token).
 //! [`NgramProposer`] proposes from the context itself (prompt lookup), [`FirstNonEmpty`] composes
 //! proposers, and [`AdaptiveK`] chooses the draft length per step from measured costs.
+#![warn(missing_docs)]
 
 mod adaptive;
 mod ngram;

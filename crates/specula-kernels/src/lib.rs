@@ -36,6 +36,7 @@
 //! assert!((y[0] - 248.0).abs() < 1.0); // 0.5 * (0 + 1 + ... + 31)
 //! # Ok::<(), specula_kernels::KernelError>(())
 //! ```
+#![warn(missing_docs)]
 
 mod attention;
 #[cfg(target_arch = "x86_64")]

@@ -26,6 +26,7 @@
 //! assert_eq!(cache.len(), 1);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+#![warn(missing_docs)]
 
 use candle_core::{DType, Device, Tensor};
 

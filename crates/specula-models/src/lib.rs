@@ -19,6 +19,7 @@
 //! let logits = model.forward(&ids, LogitsSelection::Last)?; // (1, vocab)
 //! # Ok::<(), specula_models::ModelError>(())
 //! ```
+#![warn(missing_docs)]
 
 pub mod chat;
 pub mod config;

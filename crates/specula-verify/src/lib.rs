@@ -14,6 +14,7 @@
 //! [`verify`] runs the target forward, applies the rule with the same [`LogitsProcessor`] that
 //! plain decoding uses, and rolls the target's KV cache back to the accepted length.
 //! [`AcceptanceStats`] accumulates the per-position acceptance statistics.
+#![warn(missing_docs)]
 
 mod stats;
 
