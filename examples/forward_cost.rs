@@ -12,6 +12,17 @@
 //! block of B rounds over time (on this project's shared machine the host alternates, every few
 //! tens of seconds, between a state where the one-token forward is fast and the multi-token ones
 //! slow and one where it is the other way round; see docs/benchmarks.md).
+//!
+//! With `--llama-pace BIN` (built by `scripts/llama-cpp.sh`) every forward of ours is paired with
+//! llama.cpp's forward of the same tokens on the same file and context, run by a helper process
+//! right before or after it (alternately), so the two see the same state of the host; the ratio
+//! is taken per round:
+//!
+//! ```text
+//! cargo run --release --example forward_cost -- --ns 1,5,9 --rounds 400 --blocks 40 \
+//!     --llama-pace ~/.cache/specula/llama.cpp/build/bin/llama-pace \
+//!     ~/.cache/specula/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
+//! ```
 
 use clap::Parser;
 use specula::{CausalLm, LogitsSelection, ModelSource, TokenId};
@@ -38,6 +49,75 @@ struct Args {
     /// none): a shared host's state drifts over tens of seconds, and this shows how.
     #[arg(long, default_value_t = 0)]
     blocks: usize,
+    /// The `llama-pace` helper built by scripts/llama-cpp.sh: time llama.cpp's forward of the
+    /// same tokens on the same file next to each of ours (in alternating order), so that both see
+    /// the same state of a drifting host, and print llama.cpp's times and the per-round ratios.
+    #[arg(long)]
+    llama_pace: Option<std::path::PathBuf>,
+    /// With `--llama-pace`: milliseconds to wait before each forward, ours and llama.cpp's, so
+    /// that the other program's threads have stopped spinning (llama.cpp's OpenMP workers spin
+    /// for a few milliseconds after a forward before they sleep, and would steal the cores of the
+    /// forward that follows).
+    #[arg(long, default_value_t = 20)]
+    gap_ms: u64,
+}
+
+/// A running `llama-pace` (scripts/llama-pace.cpp): one llama.cpp forward per request.
+struct Pace {
+    child: std::process::Child,
+    input: std::process::ChildStdin,
+    output: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl Pace {
+    fn start(bin: &std::path::Path, args: &Args) -> Result<Self, Box<dyn std::error::Error>> {
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(bin)
+            .arg(&args.model)
+            .arg(args.threads.to_string())
+            .arg(args.context.max(1).to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                format!(
+                    "cannot run {}: {e} (build it: scripts/llama-cpp.sh)",
+                    bin.display()
+                )
+            })?;
+        let input = child.stdin.take().ok_or("llama-pace: no stdin")?;
+        let out = child.stdout.take().ok_or("llama-pace: no stdout")?;
+        let mut pace = Self {
+            child,
+            input,
+            output: std::io::BufRead::lines(std::io::BufReader::new(out)),
+        };
+        match pace.output.next() {
+            Some(Ok(l)) if l == "ready" => Ok(pace),
+            other => Err(format!("llama-pace did not start: {other:?}").into()),
+        }
+    }
+
+    /// The milliseconds of one llama.cpp forward of `n` tokens.
+    fn forward(
+        &mut self,
+        n: usize,
+        gap: std::time::Duration,
+    ) -> Result<f64, Box<dyn std::error::Error>> {
+        use std::io::Write;
+        std::thread::sleep(gap);
+        writeln!(self.input, "{n}")?;
+        self.input.flush()?;
+        let line = self.output.next().ok_or("llama-pace exited")??;
+        Ok(line.trim().parse()?)
+    }
+}
+
+impl Drop for Pace {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -49,7 +129,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Per block of `size` rounds: when it ended, the mean ms of each n and the mean ratio to n = 1.
-fn print_blocks(ns: &[usize], times: &[Vec<f64>], ends: &[f64], size: usize) {
+fn print_blocks(title: &str, ns: &[usize], times: &[Vec<f64>], ends: &[f64], size: usize) {
+    println!("{title}");
+    println!();
     let head: Vec<String> = ns.iter().map(|n| format!("n = {n} ms (ratio)")).collect();
     println!("| block ends at s | {} |", head.join(" | "));
     println!("|---|{}", "---|".repeat(ns.len()));
@@ -86,19 +168,37 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|i| 100 + i % 1000)
         .collect();
     m.forward(&prefix, LogitsSelection::Last)?;
+    let mut pace = match &args.llama_pace {
+        Some(bin) => Some(Pace::start(bin, &args)?),
+        None => None,
+    };
+    let gap = std::time::Duration::from_millis(args.gap_ms);
     let mut times = vec![Vec::new(); args.ns.len()];
+    let mut theirs = vec![Vec::new(); args.ns.len()];
     let start = Instant::now();
     let mut ends = Vec::new();
     for round in 0..=args.rounds {
         for (i, &n) in args.ns.iter().enumerate() {
             let toks: Vec<TokenId> = (0..n as TokenId).map(|t| 200 + t).collect();
+            // llama.cpp's forward goes first in odd rounds, ours in even ones.
+            let mut other = None;
+            if let Some(p) = pace.as_mut().filter(|_| round % 2 == 1) {
+                other = Some(p.forward(n, gap)?);
+            }
+            if pace.is_some() {
+                std::thread::sleep(gap);
+            }
             let t = Instant::now();
             m.forward(&toks, LogitsSelection::All)?;
             let dt = t.elapsed().as_secs_f64() * 1e3;
             m.truncate(args.context)?;
+            if let Some(p) = pace.as_mut().filter(|_| round % 2 == 0) {
+                other = Some(p.forward(n, gap)?);
+            }
             // Round 0 warms up.
             if round > 0 {
                 times[i].push(dt);
+                theirs[i].extend(other);
             }
         }
         if round > 0 {
@@ -106,7 +206,35 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     if args.blocks > 0 {
-        print_blocks(&args.ns, &times, &ends, args.blocks);
+        print_blocks("Specula, per block:", &args.ns, &times, &ends, args.blocks);
+        if pace.is_some() {
+            print_blocks(
+                "llama.cpp, per block:",
+                &args.ns,
+                &theirs,
+                &ends,
+                args.blocks,
+            );
+        }
+    }
+    if pace.is_some() {
+        println!(
+            "| n | Specula median ms | llama.cpp median ms | median of llama.cpp / Specula per \
+             round | llama.cpp median ratio to n = 1 |"
+        );
+        println!("|---|---|---|---|---|");
+        for (i, &n) in args.ns.iter().enumerate() {
+            let ratio =
+                |a: &[f64], b: &[f64]| median(a.iter().zip(b).map(|(x, y)| x / y).collect());
+            println!(
+                "| {n} | {:.1} | {:.1} | {:.3}x | {:.2}x |",
+                median(times[i].clone()),
+                median(theirs[i].clone()),
+                ratio(&theirs[i], &times[i]),
+                ratio(&theirs[i], &theirs[0])
+            );
+        }
+        println!();
     }
     println!("| n | median ms | median ratio to n = 1 |");
     println!("|---|---|---|");

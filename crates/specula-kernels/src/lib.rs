@@ -38,6 +38,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod aligned;
 mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -52,6 +53,7 @@ mod pool;
 mod scalar;
 mod x8;
 
+use aligned::AlignedBytes;
 pub use attention::{causal_attention, AttentionShape, KvView};
 pub use bf16::Bf16Matrix;
 pub use blocks::{
@@ -287,7 +289,7 @@ pub struct QMatrix {
     rows: usize,
     cols: usize,
     /// The GGUF bytes, or their interleaved layout ([`x8`]) when `interleaved`.
-    data: Vec<u8>,
+    data: AlignedBytes,
     /// Whether `data` is in the interleaved layout (Q4_K, Q5_0 and Q8_0 on AVX2).
     interleaved: bool,
     isa: Isa,
@@ -357,7 +359,7 @@ impl QMatrix {
         let data = if interleaved {
             x8::pack(ty, rows, cols, &data)
         } else {
-            data
+            AlignedBytes::copy_of(&data)
         };
         Self {
             ty,

@@ -33,6 +33,7 @@
 //!   `g` holding those of vector `4g + i` in bits `2i..2i + 2`. A group's four vectors decode from
 //!   three loads, and its dot products (one `vpdpbusd` per vector) take one scale multiply.
 
+use crate::aligned::AlignedBytes;
 use crate::blocks::{q4k_scales, Q50_BYTES, Q6K_BYTES, QK32, QK_K};
 use crate::{Isa, QuantType};
 use rayon::prelude::*;
@@ -70,12 +71,12 @@ pub(crate) fn row_offset(ty: QuantType, cols: usize, r: usize) -> usize {
 
 /// The GGUF bytes of `rows x cols` (row-major blocks) interleaved, the last group padded with
 /// zero blocks. `ty` must be interleaved on some instruction set ([`supports`]).
-pub(crate) fn pack(ty: QuantType, rows: usize, cols: usize, data: &[u8]) -> Vec<u8> {
+pub(crate) fn pack(ty: QuantType, rows: usize, cols: usize, data: &[u8]) -> AlignedBytes {
     let bb = ty.block_bytes();
     let nb = cols / ty.block_elems();
     let row_bytes = nb * bb;
     let sbb = sb_bytes(ty);
-    let mut out = vec![0u8; row_offset(ty, cols, rows)];
+    let mut out = AlignedBytes::zeroed(row_offset(ty, cols, rows));
     let zero = [0u8; Q6K_BYTES];
     // Groups are independent: packing a large model's matrices is a load-time cost worth halving.
     out.par_chunks_mut(nb * sbb)
