@@ -60,6 +60,23 @@ struct Args {
     /// forward that follows).
     #[arg(long, default_value_t = 20)]
     gap_ms: u64,
+    /// Megabytes of a plain memory read timed once per round on all threads (0: none): the
+    /// host's memory bandwidth at that moment, shown per block next to the forwards' times.
+    #[arg(long, default_value_t = 0)]
+    probe_mb: usize,
+}
+
+/// GB/s of one parallel pass reading `data` (an xor over its words, which the compiler
+/// vectorizes: a read-bandwidth probe, not a kernel).
+fn probe(data: &[u64]) -> f64 {
+    use rayon::prelude::*;
+    let t = Instant::now();
+    let x = data
+        .par_chunks(1 << 16)
+        .map(|c| c.iter().fold(0u64, |a, &w| a ^ w))
+        .reduce(|| 0, |a, b| a ^ b);
+    std::hint::black_box(x);
+    (data.len() * 8) as f64 / t.elapsed().as_secs_f64() / 1e9
 }
 
 /// A running `llama-pace` (scripts/llama-pace.cpp): one llama.cpp forward per request.
@@ -128,18 +145,29 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// Per block of `size` rounds: when it ended, the mean ms of each n and the mean ratio to n = 1.
-fn print_blocks(title: &str, ns: &[usize], times: &[Vec<f64>], ends: &[f64], size: usize) {
+/// Per block of `size` rounds: when it ended, the mean ms of each n and the mean ratio to n = 1,
+/// and the mean of the memory probe's GB/s when `probe` has values.
+fn print_blocks(
+    title: &str,
+    ns: &[usize],
+    times: &[Vec<f64>],
+    probe: &[f64],
+    ends: &[f64],
+    size: usize,
+) {
     println!("{title}");
     println!();
-    let head: Vec<String> = ns.iter().map(|n| format!("n = {n} ms (ratio)")).collect();
+    let mut head: Vec<String> = ns.iter().map(|n| format!("n = {n} ms (ratio)")).collect();
+    if !probe.is_empty() {
+        head.push("memory read GB/s".into());
+    }
     println!("| block ends at s | {} |", head.join(" | "));
-    println!("|---|{}", "---|".repeat(ns.len()));
+    println!("|---|{}", "---|".repeat(head.len()));
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     for (b, end) in ends.chunks(size).enumerate() {
         let at = |t: &Vec<f64>| t[b * size..(b * size + end.len()).min(t.len())].to_vec();
         let ones = at(&times[0]);
-        let cells: Vec<String> = times
+        let mut cells: Vec<String> = times
             .iter()
             .map(|t| {
                 let mine = at(t);
@@ -147,6 +175,9 @@ fn print_blocks(title: &str, ns: &[usize], times: &[Vec<f64>], ends: &[f64], siz
                 format!("{:.1} ({:.2}x)", mean(&mine), mean(&ratios))
             })
             .collect();
+        if !probe.is_empty() {
+            cells.push(format!("{:.1}", mean(&at(&probe.to_vec()))));
+        }
         println!(
             "| {:.0} | {} |",
             end.last().unwrap_or(&0.0),
@@ -173,6 +204,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => None,
     };
     let gap = std::time::Duration::from_millis(args.gap_ms);
+    let probe_data: Vec<u64> = (0..args.probe_mb << 17).map(|i| i as u64).collect();
+    let mut probe_gbs = Vec::new();
     let mut times = vec![Vec::new(); args.ns.len()];
     let mut theirs = vec![Vec::new(); args.ns.len()];
     let start = Instant::now();
@@ -202,16 +235,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         if round > 0 {
+            if !probe_data.is_empty() {
+                probe_gbs.push(probe(&probe_data));
+            }
             ends.push(start.elapsed().as_secs_f64());
         }
     }
     if args.blocks > 0 {
-        print_blocks("Specula, per block:", &args.ns, &times, &ends, args.blocks);
+        let title = "Specula, per block:";
+        print_blocks(title, &args.ns, &times, &probe_gbs, &ends, args.blocks);
         if pace.is_some() {
             print_blocks(
                 "llama.cpp, per block:",
                 &args.ns,
                 &theirs,
+                &[],
                 &ends,
                 args.blocks,
             );
