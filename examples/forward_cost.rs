@@ -39,6 +39,9 @@ struct Args {
     /// Rounds (each times every n once).
     #[arg(long, default_value_t = 30)]
     rounds: usize,
+    /// Dequantize the model to this dtype at load (`bf16`: the full-precision target path).
+    #[arg(long)]
+    dtype: Option<String>,
     /// Tokens already in the cache before each forward.
     #[arg(long, default_value_t = 256)]
     context: usize,
@@ -193,7 +196,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("--ns must start with 1 (the ratios are taken against it)".into());
     }
     specula::set_num_threads(args.threads);
-    let mut loaded = specula_models::load(&ModelSource::parse(&args.model), &Default::default())?;
+    let options = specula_models::LoadOptions {
+        dtype: args
+            .dtype
+            .as_deref()
+            .map(specula::parse_dtype)
+            .transpose()?,
+        ..Default::default()
+    };
+    let mut loaded = specula_models::load(&ModelSource::parse(&args.model), &options)?;
     let m: &mut dyn CausalLm = &mut loaded.model;
     let prefix: Vec<TokenId> = (0..args.context as TokenId)
         .map(|i| 100 + i % 1000)

@@ -223,7 +223,9 @@ pub enum Isa {
     /// Ice Lake and later, AMD Zen 4 and later): the integer dot products of the quantized
     /// kernels take one `vpdpbusd` where AVX2 needs two or three instructions. Q4_K, Q5_0 and
     /// Q8_0 give `Avx2`'s results bit for bit; Q6_K runs interleaved here (row by row on `Avx2`),
-    /// the same integers summed into floats in another order.
+    /// the same integers summed into floats in another order. A [`Bf16Matrix`] on a CPU that also
+    /// has AVX-512 BF16 rounds its activations to bf16 and multiplies with `vdpbf16ps`
+    /// ([`Bf16Matrix::rounds_activations`]), so its results differ from `Avx2`'s in the last bits.
     Avx512Vnni,
 }
 
@@ -299,6 +301,7 @@ thread_local! {
     static ACT_K: RefCell<Vec<BlockQ8K>> = const { RefCell::new(Vec::new()) };
     static ACT_32: RefCell<Vec<BlockQ8_32>> = const { RefCell::new(Vec::new()) };
     static OUT_T: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static ACT_BF16: RefCell<Vec<half::bf16>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` on a thread-local buffer of at least `len` elements, or on a fresh one if the
@@ -700,6 +703,11 @@ pub(crate) fn check_operands(
 /// Runs `f` on the thread's reusable `(rows, n)` output buffer of `len` floats.
 pub(crate) fn with_out_t<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     with_buf(&OUT_T, len, f)
+}
+
+/// Runs `f` on the thread's buffer for activations rounded to bf16.
+pub(crate) fn with_act_bf16<R>(len: usize, f: impl FnOnce(&mut [half::bf16]) -> R) -> R {
+    with_buf(&ACT_BF16, len, f)
 }
 
 /// `y[j * rows + r] = out_t[r * n + j]`, 64 rows at a time so that the writes run along `y`'s rows
