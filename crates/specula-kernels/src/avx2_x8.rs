@@ -390,15 +390,11 @@ unsafe fn q4k_sums_vnni<const T: usize, const V: bool>(
 #[inline(always)]
 unsafe fn drive<K: X8>(w: &[u8], nb: usize, acts: &[K::Act], n: usize, out: &mut [f32]) {
     let group_bytes = nb * K::SB_BYTES;
-    // As few passes over a group's weights as the tile allows, of balanced sizes (n = 9 with
-    // tiles of up to 8: 5 + 4, not 8 + 1, whose one-row pass costs a quarter of the eight-row
-    // one). A row's arithmetic is the same in any tile.
+    // As few passes over a group's weights as the tile allows, of balanced sizes. A row's
+    // arithmetic is the same in any tile.
     const { assert!(K::TILE >= 1 && K::TILE <= 9) };
-    let passes = n.div_ceil(K::TILE);
     for (gw, o) in w.chunks_exact(group_bytes).zip(out.chunks_mut(GROUP * n)) {
-        let mut t0 = 0;
-        for p in 0..passes {
-            let t = (n - t0) / (passes - p);
+        for (t0, t) in crate::tiles(n, K::TILE) {
             match t {
                 1 => tile::<K, 1>(gw, nb, acts, n, t0, o),
                 2 => tile::<K, 2>(gw, nb, acts, n, t0, o),
@@ -410,7 +406,6 @@ unsafe fn drive<K: X8>(w: &[u8], nb: usize, acts: &[K::Act], n: usize, out: &mut
                 8 => tile::<K, 8>(gw, nb, acts, n, t0, o),
                 _ => tile::<K, 9>(gw, nb, acts, n, t0, o),
             }
-            t0 += t;
         }
     }
 }

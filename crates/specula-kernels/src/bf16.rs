@@ -170,14 +170,13 @@ mod avx2 {
         }
     }
 
-    /// Every weight row of `w` against every activation row of `x`: `out[r * n + j]`.
+    /// Every weight row of `w` against every activation row of `x`: `out[r * n + j]`, in tiles
+    /// of up to six activation rows.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn rows(w: &[bf16], cols: usize, x: &[f32], n: usize, out: &mut [f32]) {
         for (r, o) in out.chunks_exact_mut(n).enumerate() {
             let wr = &w[r * cols..(r + 1) * cols];
-            let mut j0 = 0;
-            while j0 < n {
-                let t = (n - j0).min(6);
+            for (j0, t) in crate::tiles(n, 6) {
                 match t {
                     1 => tile::<1>(wr, x, cols, j0, o),
                     2 => tile::<2>(wr, x, cols, j0, o),
@@ -186,7 +185,6 @@ mod avx2 {
                     5 => tile::<5>(wr, x, cols, j0, o),
                     _ => tile::<6>(wr, x, cols, j0, o),
                 }
-                j0 += t;
             }
         }
     }
@@ -245,16 +243,13 @@ mod dot_bf16 {
         }
     }
 
-    /// Every weight row of `w` against every activation row of `x` (bf16): `out[r * n + j]`. As
-    /// few passes over a row as tiles of up to eight allow, of balanced sizes.
+    /// Every weight row of `w` against every activation row of `x` (bf16): `out[r * n + j]`, in
+    /// tiles of up to eight activation rows.
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub(super) unsafe fn rows(w: &[bf16], cols: usize, x: &[bf16], n: usize, out: &mut [f32]) {
-        let passes = n.div_ceil(8);
         for (r, o) in out.chunks_exact_mut(n).enumerate() {
             let wr = &w[r * cols..(r + 1) * cols];
-            let mut j0 = 0;
-            for p in 0..passes {
-                let t = (n - j0) / (passes - p);
+            for (j0, t) in crate::tiles(n, 8) {
                 match t {
                     1 => tile::<1>(wr, x, cols, j0, o),
                     2 => tile::<2>(wr, x, cols, j0, o),
@@ -265,7 +260,6 @@ mod dot_bf16 {
                     7 => tile::<7>(wr, x, cols, j0, o),
                     _ => tile::<8>(wr, x, cols, j0, o),
                 }
-                j0 += t;
             }
         }
     }

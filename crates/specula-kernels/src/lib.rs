@@ -705,6 +705,20 @@ pub(crate) fn with_out_t<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     with_buf(&OUT_T, len, f)
 }
 
+/// The tiles `(first row, rows)` that cover `n` activation rows in as few passes of at most
+/// `max` rows as possible, of balanced sizes (n = 9 with tiles of up to 8: 5 + 4, not 8 + 1,
+/// whose one-row pass costs nearly as much as the eight-row one). A row's arithmetic must not
+/// depend on its tile, so any tiling gives the same results.
+pub(crate) fn tiles(n: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
+    let passes = n.div_ceil(max.max(1));
+    (0..passes).scan(0, move |j0, p| {
+        let t = (n - *j0) / (passes - p);
+        let tile = (*j0, t);
+        *j0 += t;
+        Some(tile)
+    })
+}
+
 /// Runs `f` on the thread's buffer for activations rounded to bf16.
 pub(crate) fn with_act_bf16<R>(len: usize, f: impl FnOnce(&mut [half::bf16]) -> R) -> R {
     with_buf(&ACT_BF16, len, f)
