@@ -42,6 +42,9 @@ struct Args {
     /// Dequantize the model to this dtype at load (`bf16`: the full-precision target path).
     #[arg(long)]
     dtype: Option<String>,
+    /// KV cache element type (`f16`, the CPU's default, or `f32`).
+    #[arg(long)]
+    kv_dtype: Option<String>,
     /// Tokens already in the cache before each forward.
     #[arg(long, default_value_t = 256)]
     context: usize,
@@ -199,6 +202,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let options = specula_models::LoadOptions {
         dtype: args
             .dtype
+            .as_deref()
+            .map(specula::parse_dtype)
+            .transpose()?,
+        kv_dtype: args
+            .kv_dtype
             .as_deref()
             .map(specula::parse_dtype)
             .transpose()?,

@@ -104,6 +104,7 @@ pub struct GeneratorBuilder {
     device: DeviceChoice,
     dtype: Option<DType>,
     max_seq_len: Option<usize>,
+    kv_dtype: Option<candle_core::DType>,
     tokenizer: Option<PathBuf>,
     hub_cache: Option<PathBuf>,
     progress: Option<Box<dyn FnMut(usize, usize)>>,
@@ -178,6 +179,13 @@ impl GeneratorBuilder {
         self
     }
 
+    /// Element type of the KV caches (default: F16 on the CPU, F32 on accelerators; the CPU
+    /// takes F16 or F32). Speculative and plain decoding share it, so either stays lossless.
+    pub fn kv_dtype(mut self, dtype: DType) -> Self {
+        self.kv_dtype = Some(dtype);
+        self
+    }
+
     /// Uses this `tokenizer.json` instead of the model's.
     pub fn tokenizer(mut self, path: impl Into<PathBuf>) -> Self {
         self.tokenizer = Some(path.into());
@@ -205,6 +213,7 @@ impl GeneratorBuilder {
             device: self.device.open()?,
             dtype: self.dtype,
             max_seq_len: self.max_seq_len,
+            kv_dtype: self.kv_dtype,
             tokenizer: self.tokenizer,
             hub_cache: self.hub_cache,
         };

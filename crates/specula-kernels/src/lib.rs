@@ -54,7 +54,7 @@ mod scalar;
 mod x8;
 
 use aligned::AlignedBytes;
-pub use attention::{causal_attention, AttentionShape, KvView};
+pub use attention::{causal_attention, AttentionShape, KvElem, KvView};
 pub use bf16::Bf16Matrix;
 pub use blocks::{
     dequantize_q4k, dequantize_q50, dequantize_q6k, dequantize_q80, quantize_row_q8_32,

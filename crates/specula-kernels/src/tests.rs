@@ -354,15 +354,29 @@ fn attention_matches_naive_softmax_and_is_batch_invariant() {
     // (heads, kv_heads, head_dim): a head dimension the AVX2 build does not take (8, 20), groups
     // of 2, 6 (the 1.5B: a block of 4 and one of 2), 7 (the 0.5B) and 5 (4 + 1: a lone head),
     // and the real 128.
+    // Caches of f32 and of f16 (widened exactly: the same checks hold against its values).
     for (heads, kv_heads, hd) in [(4, 2, 8), (12, 2, 32), (7, 1, 20), (14, 2, 128), (5, 1, 64)] {
-        attention_case(heads, kv_heads, hd, &mut rng);
+        attention_case(heads, kv_heads, hd, &mut rng, |x| x);
+        attention_case(heads, kv_heads, hd, &mut rng, half::f16::from_f32);
     }
 }
 
-fn attention_case(heads: usize, kv_heads: usize, hd: usize, rng: &mut Rng) {
+fn attention_case<E: KvElem>(
+    heads: usize,
+    kv_heads: usize,
+    hd: usize,
+    rng: &mut Rng,
+    conv: fn(f32) -> E,
+) {
     let cap = 32;
-    let k = random_x(kv_heads * cap * hd, rng);
-    let v = random_x(kv_heads * cap * hd, rng);
+    let k: Vec<E> = random_x(kv_heads * cap * hd, rng)
+        .into_iter()
+        .map(conv)
+        .collect();
+    let v: Vec<E> = random_x(kv_heads * cap * hd, rng)
+        .into_iter()
+        .map(conv)
+        .collect();
     let kv = |d| KvView {
         data: d,
         offset: 0,
@@ -410,7 +424,12 @@ fn attention_case(heads: usize, kv_heads: usize, hd: usize, rng: &mut Rng) {
             for h in 0..heads {
                 let kvh = h / (heads / kv_heads);
                 let qi = &q[(h * n + i) * hd..(h * n + i + 1) * hd];
-                let at = |base: &[f32], t: usize| base[kvh * cap * hd + t * hd..][..hd].to_vec();
+                let at = |base: &[E], t: usize| -> Vec<f32> {
+                    base[kvh * cap * hd + t * hd..][..hd]
+                        .iter()
+                        .map(|x| x.to_f32())
+                        .collect()
+                };
                 let s: Vec<f64> = (0..=pos + i)
                     .map(|t| {
                         0.35 * qi

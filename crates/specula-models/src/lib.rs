@@ -119,6 +119,9 @@ pub struct LoadOptions {
     pub dtype: Option<DType>,
     /// Cap on the context length (default: the model's own).
     pub max_seq_len: Option<usize>,
+    /// Element type of the KV cache (default: F16 on the CPU, half the bytes a decode step reads
+    /// from the cache, as llama.cpp's default; F32 on accelerators). The CPU takes F16 or F32.
+    pub kv_dtype: Option<DType>,
     /// A `tokenizer.json` overriding the one of the model.
     pub tokenizer: Option<PathBuf>,
     /// Hub cache directory (default `$HF_HOME/hub`).
@@ -131,6 +134,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             dtype: None,
             max_seq_len: None,
+            kv_dtype: None,
             tokenizer: None,
             hub_cache: None,
         }
@@ -296,7 +300,7 @@ fn load_gguf(
         device: opts.device.clone(),
         dense: opts.dtype,
     };
-    let model = LlamaModel::load(cfg, &mut src, &opts.device, max, progress)?;
+    let model = LlamaModel::load(cfg, &mut src, &opts.device, (max, opts.kv_dtype), progress)?;
     Ok(LoadedModel { model, tokenizer })
 }
 
@@ -342,7 +346,7 @@ fn load_safetensors(
         })?;
     let mut src = weights::SafetensorsSource { vb, dtype };
     let max = opts.max_seq_len.unwrap_or(cfg.max_seq_len);
-    let model = LlamaModel::load(cfg, &mut src, &opts.device, max, progress)?;
+    let model = LlamaModel::load(cfg, &mut src, &opts.device, (max, opts.kv_dtype), progress)?;
     Ok(LoadedModel { model, tokenizer })
 }
 

@@ -4,7 +4,7 @@
 
 use crate::config::{ModelConfig, RopeStyle};
 use crate::weights::{Embedding, Linear, WeightSource, BATCH_INVARIANT_MAX_ROWS};
-use crate::Result;
+use crate::{ModelError, Result};
 use candle_core::{CpuStorage, DType, Device, Layout, Storage, Tensor};
 use specula_core::{CausalLm, CoreError, LogitsSelection, TokenId};
 use specula_kernels::{causal_attention, silu_mul, AttentionShape, KvView};
@@ -60,15 +60,28 @@ pub struct LlamaModel {
 }
 
 impl LlamaModel {
-    /// Builds the model from a weight source. `progress(done, total)` is called once per layer.
+    /// Builds the model from a weight source, with a KV cache of `max_seq_len` positions of
+    /// `kv_dtype` ([`crate::LoadOptions::kv_dtype`]). `progress(done, total)` is called once per
+    /// layer.
     pub(crate) fn load(
         cfg: ModelConfig,
         src: &mut dyn WeightSource,
         device: &Device,
-        max_seq_len: usize,
+        (max_seq_len, kv_dtype): (usize, Option<DType>),
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
         cfg.validate()?;
+        let kv_dtype = match (kv_dtype, device.is_cpu()) {
+            (None, true) => DType::F16,
+            (None, false) => DType::F32,
+            (Some(d @ (DType::F16 | DType::F32)), _) => d,
+            (Some(d), false) if d == DType::BF16 => d,
+            (Some(d), _) => {
+                return Err(ModelError::InvalidConfig(format!(
+                    "a KV cache of {d:?} is not supported on this device; use F16 or F32"
+                )))
+            }
+        };
         let (h, hd) = (cfg.hidden_size, cfg.head_dim);
         let (nh, nkv) = (cfg.num_heads, cfg.num_kv_heads);
         let total = cfg.num_layers + 2;
@@ -117,7 +130,7 @@ impl LlamaModel {
             head_dim: hd,
             max_len: max_seq_len,
             chunk: DEFAULT_KV_CHUNK,
-            dtype: DType::F32,
+            dtype: kv_dtype,
             device: device.clone(),
         });
         let pool_forward = device.is_cpu() && layer_weights(&cfg) >= POOL_FORWARD_MIN_PARAMS;
@@ -312,7 +325,6 @@ fn fused_attention(
         if kl.stride()[3] != 1 || vl.stride()[3] != 1 {
             candle_core::bail!("the KV cache rows must be contiguous");
         }
-        let (kv, vv) = (kv_view(ks, kl)?, kv_view(vs, vl)?);
         let q_all = qs.as_slice::<f32>()?;
         let qv = &q_all[ql.start_offset()..ql.start_offset() + heads * n * hd];
         let shape = AttentionShape {
@@ -322,20 +334,30 @@ fn fused_attention(
             head_dim: hd,
             pos,
         };
-        causal_attention(qv, kv, vv, shape, scale as f32, &mut out)
-            .map_err(candle_core::Error::wrap)?;
+        let scale = scale as f32;
+        match (ks, vs) {
+            (CpuStorage::F16(k), CpuStorage::F16(v)) => {
+                let (kv, vv) = (kv_view(k, kl), kv_view(v, vl));
+                causal_attention(qv, kv, vv, shape, scale, &mut out)
+            }
+            _ => {
+                let (kv, vv) = (kv_view(ks.as_slice()?, kl), kv_view(vs.as_slice()?, vl));
+                causal_attention::<f32>(qv, kv, vv, shape, scale, &mut out)
+            }
+        }
+        .map_err(candle_core::Error::wrap)?;
     }
     Tensor::from_vec(out, (1, n, heads * hd), q.device())
 }
 
 /// A `(1, kv_heads, len, hd)` cache tensor's storage as the kernel's strided view.
-fn kv_view<'a>(data: &'a CpuStorage, l: &Layout) -> candle_core::Result<KvView<'a>> {
-    Ok(KvView {
-        data: data.as_slice::<f32>()?,
+fn kv_view<'a, E>(data: &'a [E], l: &Layout) -> KvView<'a, E> {
+    KvView {
+        data,
         offset: l.start_offset(),
         head_stride: l.stride()[1],
         pos_stride: l.stride()[2],
-    })
+    }
 }
 
 fn attention(
@@ -350,6 +372,8 @@ fn attention(
     let (_, heads, _, hd) = q.dims4()?;
     let kv_heads = heads / groups;
     let len = k.dim(2)?;
+    // The cache may hold another dtype (f16 on the CPU); compute in the queries'.
+    let (k, v) = (&k.to_dtype(q.dtype())?, &v.to_dtype(q.dtype())?);
     let q = q.reshape((1, kv_heads, groups * n, hd))?;
     let scores = (q.matmul(&k.t()?)? * scale)?; // (1, kv_heads, groups*n, len)
     let scores = match mask {

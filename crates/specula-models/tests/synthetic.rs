@@ -271,3 +271,39 @@ fn limited_output_vocab_scores_its_ids_and_the_added_ones() {
             .all(|r| r[120] == f32::NEG_INFINITY));
     }
 }
+
+/// The KV cache is f16 on the CPU unless asked otherwise; f32 and f16 caches give close logits
+/// (f16 rounds each cached value by at most 2^-11 relative; this random model's layers amplify
+/// that to about 1 % of its largest logit), and a dtype the CPU attention cannot
+/// read is refused with a message saying what to use.
+#[test]
+fn kv_cache_dtype_defaults_to_f16_and_is_checked() {
+    let dir = tmp();
+    let path = dir.path().join("m.gguf");
+    SyntheticSpec::tiny_qwen2().write_gguf(&path).unwrap();
+    let with = |kv_dtype| {
+        let opts = LoadOptions {
+            kv_dtype,
+            ..Default::default()
+        };
+        load(&ModelSource::gguf(&path), &opts)
+    };
+    let mut half = with(None).unwrap().model;
+    let mut single = with(Some(DType::F32)).unwrap().model;
+    assert_eq!(half.cache().config().dtype, DType::F16);
+    assert_eq!(single.cache().config().dtype, DType::F32);
+    let (a, b) = (incremental(&mut half), incremental(&mut single));
+    for (x, y) in a.iter().zip(&b) {
+        let scale = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = max_abs_diff(x, y);
+        assert!(d <= 0.03 * scale, "{d} against logits up to {scale}");
+    }
+    let agree = a
+        .iter()
+        .zip(&b)
+        .filter(|(x, y)| argmax(x) == argmax(y))
+        .count();
+    assert!(agree >= SEQ.len() - 1, "{agree}");
+    let err = with(Some(DType::BF16)).unwrap_err().to_string();
+    assert!(err.contains("use F16 or F32"), "{err}");
+}
