@@ -57,6 +57,39 @@ pub struct LlamaModel {
     device: Device,
     /// Whether CPU forwards run on the thread pool ([`POOL_FORWARD_MIN_PARAMS`]), fixed at load.
     pool_forward: bool,
+    /// Each layer's vectors as plain values, when every layer runs on Specula's CPU kernels: then
+    /// decode-size forwards take the host path ([`LlamaModel::forward_host`]).
+    host: Option<Vec<HostLayer>>,
+    /// Whether the host path is used where it can be ([`LlamaModel::set_host_path`]).
+    host_path: bool,
+}
+
+/// A layer's norms and biases as f32 values, for [`LlamaModel::forward_host`].
+#[derive(Debug, Clone)]
+struct HostLayer {
+    attn_norm: Vec<f32>,
+    ffn_norm: Vec<f32>,
+    q_bias: Option<Vec<f32>>,
+    k_bias: Option<Vec<f32>>,
+    v_bias: Option<Vec<f32>>,
+}
+
+impl HostLayer {
+    /// The layer's values, if all its matrices run on the CPU kernels.
+    fn of(b: &Block) -> candle_core::Result<Option<Self>> {
+        let linears = [&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down];
+        if !linears.iter().all(|l| l.on_host_kernels()) {
+            return Ok(None);
+        }
+        let values = |t: &Tensor| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
+        Ok(Some(HostLayer {
+            attn_norm: values(&b.attn_norm)?,
+            ffn_norm: values(&b.ffn_norm)?,
+            q_bias: b.q.bias_values()?,
+            k_bias: b.k.bias_values()?,
+            v_bias: b.v.bias_values()?,
+        }))
+    }
 }
 
 impl LlamaModel {
@@ -134,6 +167,14 @@ impl LlamaModel {
             device: device.clone(),
         });
         let pool_forward = device.is_cpu() && layer_weights(&cfg) >= POOL_FORWARD_MIN_PARAMS;
+        let host = if device.is_cpu() {
+            blocks
+                .iter()
+                .map(HostLayer::of)
+                .collect::<candle_core::Result<Option<Vec<_>>>>()?
+        } else {
+            None
+        };
         Ok(LlamaModel {
             cfg,
             embed,
@@ -147,6 +188,8 @@ impl LlamaModel {
             cache,
             device: device.clone(),
             pool_forward,
+            host,
+            host_path: true,
         })
     }
 
@@ -160,12 +203,37 @@ impl LlamaModel {
         &self.cache
     }
 
+    /// Whether decode-size forwards (up to 16 tokens) on the CPU run their element-wise steps
+    /// (norms, biases, RoPE, residuals) on plain buffers between Specula's kernels (the default,
+    /// where every matrix runs on them), rather than as candle tensor operations. Both give the
+    /// same logits bit for bit; the host path saves the operations' overhead (about a
+    /// microsecond each, some twenty per layer: 3 % of a 1.5B decode step). Off is for
+    /// comparisons and tests.
+    ///
+    /// ```no_run
+    /// # fn demo(model: &mut specula_models::LlamaModel) {
+    /// model.set_host_path(false); // every step through candle's tensor operations
+    /// # }
+    /// ```
+    pub fn set_host_path(&mut self, on: bool) {
+        self.host_path = on;
+    }
+
+    /// Whether the host path runs decode-size forwards ([`LlamaModel::set_host_path`], and
+    /// every matrix on Specula's CPU kernels).
+    pub fn uses_host_path(&self) -> bool {
+        self.host_path && self.host.is_some()
+    }
+
     fn forward_inner(
         &mut self,
         tokens: &[TokenId],
         select: LogitsSelection,
     ) -> candle_core::Result<Tensor> {
         let n = tokens.len();
+        if n <= BATCH_INVARIANT_MAX_ROWS && self.uses_host_path() {
+            return self.forward_host(tokens, select);
+        }
         let pos = self.cache.len();
         let ids = Tensor::new(tokens, &self.device)?;
         let mut x = self.embed.forward(&ids)?.unsqueeze(0)?; // (1, n, h)
@@ -238,6 +306,13 @@ impl LlamaModel {
             let gated = swiglu(gate, &up)?;
             x = (b.down.forward(&gated)? + residual)?;
         }
+        self.output_logits(x, select)
+    }
+
+    /// Logits of the positions `select` picks from the last layer's output `x` `(1, n, h)`.
+    fn output_logits(&self, x: Tensor, select: LogitsSelection) -> candle_core::Result<Tensor> {
+        let n = x.dim(1)?;
+        let eps = self.cfg.rms_norm_eps as f32;
         let range = select.range(n);
         let x = x.narrow(1, range.start, range.len())?;
         let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
@@ -267,6 +342,131 @@ impl LlamaModel {
         };
         logits.to_dtype(DType::F32)
     }
+
+    /// [`Self::forward_inner`] of at most [`BATCH_INVARIANT_MAX_ROWS`] tokens with every matrix on
+    /// Specula's CPU kernels: the activations stay in plain buffers from the embedding to the
+    /// final norm, and the steps between the kernels (norms, biases, RoPE, the residual adds) run
+    /// on them directly. Each step computes what candle's operation does in the same order, so
+    /// the logits equal [`Self::forward_inner`]'s bit for bit (tested); the KV cache and the
+    /// output projection are shared with it.
+    fn forward_host(
+        &mut self,
+        tokens: &[TokenId],
+        select: LogitsSelection,
+    ) -> candle_core::Result<Tensor> {
+        let Some(host) = self.host.as_ref() else {
+            candle_core::bail!("the host path needs every matrix on Specula's CPU kernels");
+        };
+        let cfg = &self.cfg;
+        let (n, pos) = (tokens.len(), self.cache.len());
+        let (h, nh, nkv, hd) = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        let eps = cfg.rms_norm_eps as f32;
+        let scale = (1.0 / (hd as f64).sqrt()) as f32;
+        let ids = Tensor::new(tokens, &self.device)?;
+        let mut x: Vec<f32> = self.embed.forward(&ids)?.flatten_all()?.to_vec1()?;
+        let mut hs = vec![0f32; n * h];
+        let (mut q, mut q_heads, mut attn) = (vec![0f32; n * nh * hd], vec![0f32; n * nh * hd], vec![0f32; n * nh * hd]);
+        let (mut k, mut v) = (vec![0f32; n * nkv * hd], vec![0f32; n * nkv * hd]);
+        let mut proj = vec![0f32; n * h];
+        let (mut gate, mut up) = (vec![0f32; n * cfg.intermediate_size], vec![0f32; n * cfg.intermediate_size]);
+        let (cos_guard, cos_layout) = self.cos.storage_and_layout();
+        let (sin_guard, sin_layout) = self.sin.storage_and_layout();
+        let half = hd / 2;
+        let table = |t: usize| (pos + t) * half;
+        let cos = &cpu_f32(&cos_guard, cos_layout)?[table(0)..table(n)];
+        let sin = &cpu_f32(&sin_guard, sin_layout)?[table(0)..table(n)];
+        for (layer, (b, hl)) in self.blocks.iter().zip(host).enumerate() {
+            rms_norm_rows(&x, &hl.attn_norm, eps, &mut hs);
+            Linear::host_matmul([&b.q, &b.k, &b.v], &hs, n, [&mut q, &mut k, &mut v])?;
+            for (y, bias) in [(&mut q, &hl.q_bias), (&mut k, &hl.k_bias), (&mut v, &hl.v_bias)] {
+                if let Some(bias) = bias {
+                    for row in y.chunks_exact_mut(bias.len()) {
+                        row.iter_mut().zip(bias).for_each(|(y, b)| *y = *y + *b);
+                    }
+                }
+            }
+            rope_rows(&mut q, nh, hd, cos, sin, cfg.rope_style);
+            rope_rows(&mut k, nkv, hd, cos, sin, cfg.rope_style);
+            // The cache takes `(1, kv_heads, n, hd)`; the buffers are token-major.
+            let as_heads = |t: &[f32]| -> candle_core::Result<Tensor> {
+                Tensor::from_slice(t, (1, n, nkv, hd), &self.device)?.transpose(1, 2)
+            };
+            let (k_all, v_all) = self
+                .cache
+                .append(layer, &as_heads(&k)?, &as_heads(&v)?)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            for (t, row) in q.chunks_exact(nh * hd).enumerate() {
+                for (head, qh) in row.chunks_exact(hd).enumerate() {
+                    q_heads[(head * n + t) * hd..][..hd].copy_from_slice(qh);
+                }
+            }
+            let shape = AttentionShape {
+                n,
+                heads: nh,
+                kv_heads: nkv,
+                head_dim: hd,
+                pos,
+            };
+            attend(&q_heads, &k_all, &v_all, shape, scale, &mut attn)?;
+            Linear::host_matmul([&b.o], &attn, n, [&mut proj])?;
+            add_into(&mut x, &proj);
+            rms_norm_rows(&x, &hl.ffn_norm, eps, &mut hs);
+            Linear::host_matmul([&b.gate, &b.up], &hs, n, [&mut gate, &mut up])?;
+            silu_mul(&mut gate, &up).map_err(candle_core::Error::wrap)?;
+            Linear::host_matmul([&b.down], &gate, n, [&mut proj])?;
+            add_into(&mut x, &proj);
+        }
+        drop((cos_guard, sin_guard));
+        self.output_logits(Tensor::from_vec(x, (1, n, h), &self.device)?, select)
+    }
+}
+
+/// `x[i] = x[i] + y[i]`: a residual add as candle's `y + x` computes it (addition commutes
+/// exactly).
+fn add_into(x: &mut [f32], y: &[f32]) {
+    x.iter_mut().zip(y).for_each(|(x, y)| *x = *y + *x);
+}
+
+/// Each `alpha.len()`-wide row of `x` RMS-normalised into `out`, as candle's `rms_norm`
+/// computes it on the CPU (sequential f32 sum of squares, `x / rms * alpha`).
+fn rms_norm_rows(x: &[f32], alpha: &[f32], eps: f32, out: &mut [f32]) {
+    let dim = alpha.len();
+    for (row, out) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+        let sum2 = row.iter().map(|&v| v * v).sum::<f32>();
+        let m = (sum2 / dim as f32 + eps).sqrt();
+        for ((o, &v), &a) in out.iter_mut().zip(row).zip(alpha) {
+            *o = v / m * a;
+        }
+    }
+}
+
+/// RoPE in place on token-major rows of `heads` heads of `hd` values; `cos` / `sin` hold
+/// `hd / 2` values per token. The same products in the same order as candle's `rope` /
+/// `rope_i`.
+fn rope_rows(x: &mut [f32], heads: usize, hd: usize, cos: &[f32], sin: &[f32], style: RopeStyle) {
+    let half = hd / 2;
+    for (t, row) in x.chunks_exact_mut(heads * hd).enumerate() {
+        let (cos, sin) = (&cos[t * half..][..half], &sin[t * half..][..half]);
+        for head in row.chunks_exact_mut(hd) {
+            for i in 0..half {
+                let (a, b) = match style {
+                    RopeStyle::Half => (i, i + half),
+                    RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                };
+                let (x1, x2) = (head[a], head[b]);
+                head[a] = x1 * cos[i] - x2 * sin[i];
+                head[b] = x1 * sin[i] + x2 * cos[i];
+            }
+        }
+    }
+}
+
+/// The f32 values of a contiguous CPU tensor's storage.
+fn cpu_f32<'a>(storage: &'a Storage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
+    let (Storage::Cpu(cpu), Some((start, end))) = (storage, layout.contiguous_offsets()) else {
+        candle_core::bail!("expected a contiguous CPU tensor");
+    };
+    Ok(&cpu.as_slice::<f32>()?[start..end])
 }
 
 /// Token ids scored past a limited output vocabulary, and their rows of the output projection.
@@ -317,16 +517,6 @@ fn fused_attention(
     let mut out = vec![0f32; n * heads * hd];
     {
         let (qs, ql) = q.storage_and_layout();
-        let (ks, kl) = k_all.storage_and_layout();
-        let (vs, vl) = v_all.storage_and_layout();
-        let (Storage::Cpu(qs), Storage::Cpu(ks), Storage::Cpu(vs)) = (&*qs, &*ks, &*vs) else {
-            candle_core::bail!("fused attention runs on the CPU only");
-        };
-        if kl.stride()[3] != 1 || vl.stride()[3] != 1 {
-            candle_core::bail!("the KV cache rows must be contiguous");
-        }
-        let q_all = qs.as_slice::<f32>()?;
-        let qv = &q_all[ql.start_offset()..ql.start_offset() + heads * n * hd];
         let shape = AttentionShape {
             n,
             heads,
@@ -334,20 +524,39 @@ fn fused_attention(
             head_dim: hd,
             pos,
         };
-        let scale = scale as f32;
-        match (ks, vs) {
-            (CpuStorage::F16(k), CpuStorage::F16(v)) => {
-                let (kv, vv) = (kv_view(k, kl), kv_view(v, vl));
-                causal_attention(qv, kv, vv, shape, scale, &mut out)
-            }
-            _ => {
-                let (kv, vv) = (kv_view(ks.as_slice()?, kl), kv_view(vs.as_slice()?, vl));
-                causal_attention::<f32>(qv, kv, vv, shape, scale, &mut out)
-            }
-        }
-        .map_err(candle_core::Error::wrap)?;
+        attend(cpu_f32(&qs, ql)?, k_all, v_all, shape, scale as f32, &mut out)?;
     }
     Tensor::from_vec(out, (1, n, heads * hd), q.device())
+}
+
+/// Specula's attention kernel on `q` (`(heads, n, hd)` values) and the cache views `k_all`,
+/// `v_all` (f16 or f32 storage, read in place) into `out` (`(n, heads * hd)`).
+fn attend(
+    q: &[f32],
+    k_all: &Tensor,
+    v_all: &Tensor,
+    shape: AttentionShape,
+    scale: f32,
+    out: &mut [f32],
+) -> candle_core::Result<()> {
+    let (ks, kl) = k_all.storage_and_layout();
+    let (vs, vl) = v_all.storage_and_layout();
+    let (Storage::Cpu(ks), Storage::Cpu(vs)) = (&*ks, &*vs) else {
+        candle_core::bail!("fused attention runs on the CPU only");
+    };
+    if kl.stride()[3] != 1 || vl.stride()[3] != 1 {
+        candle_core::bail!("the KV cache rows must be contiguous");
+    }
+    match (ks, vs) {
+        (CpuStorage::F16(k), CpuStorage::F16(v)) => {
+            causal_attention(q, kv_view(k, kl), kv_view(v, vl), shape, scale, out)
+        }
+        _ => {
+            let (kv, vv) = (kv_view(ks.as_slice()?, kl), kv_view(vs.as_slice()?, vl));
+            causal_attention::<f32>(q, kv, vv, shape, scale, out)
+        }
+    }
+    .map_err(candle_core::Error::wrap)
 }
 
 /// A `(1, kv_heads, len, hd)` cache tensor's storage as the kernel's strided view.

@@ -139,6 +139,51 @@ impl Linear {
         Some(Linear { weight, bias })
     }
 
+    /// Whether the layer runs on Specula's CPU kernels, which take and give plain f32 values
+    /// ([`Linear::host_matmul`]).
+    pub(crate) fn on_host_kernels(&self) -> bool {
+        matches!(self.weight, LinearWeight::Kernel(_) | LinearWeight::Bf16(_))
+    }
+
+    /// The bias as f32 values, if the layer has one.
+    pub(crate) fn bias_values(&self) -> candle_core::Result<Option<Vec<f32>>> {
+        self.bias
+            .as_ref()
+            .map(|b| b.to_dtype(DType::F32)?.flatten_all()?.to_vec1())
+            .transpose()
+    }
+
+    /// `ys[i] = x layers[i]^T` (no bias) for `n` rows of f32 on Specula's CPU kernels, the same
+    /// values bit for bit as [`Linear::forward_many`] without the bias: the matrices share one
+    /// parallel region when all are quantized ([`QMatrix::matmul_many`]). Fails for a layer not
+    /// on the kernels ([`Linear::on_host_kernels`]).
+    pub(crate) fn host_matmul<const N: usize>(
+        layers: [&Linear; N],
+        x: &[f32],
+        n: usize,
+        mut ys: [&mut [f32]; N],
+    ) -> candle_core::Result<()> {
+        let quantized: Option<Vec<&QMatrix>> = layers
+            .iter()
+            .map(|l| match &l.weight {
+                LinearWeight::Kernel(w) => Some(w.as_ref()),
+                _ => None,
+            })
+            .collect();
+        if let Some(mats) = quantized {
+            return QMatrix::matmul_many(&mats, x, n, &mut ys).map_err(candle_core::Error::wrap);
+        }
+        for (l, y) in layers.iter().zip(ys) {
+            match &l.weight {
+                LinearWeight::Kernel(w) => w.matmul(x, n, y),
+                LinearWeight::Bf16(w) => w.matmul(x, n, y),
+                _ => candle_core::bail!("this layer does not run on Specula's CPU kernels"),
+            }
+            .map_err(candle_core::Error::wrap)?;
+        }
+        Ok(())
+    }
+
     /// Whether one call's rows are independent of each other bit for bit.
     fn is_batch_invariant(&self) -> bool {
         matches!(self.weight, LinearWeight::Kernel(_) | LinearWeight::Bf16(_))

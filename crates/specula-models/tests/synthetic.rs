@@ -156,6 +156,35 @@ fn multi_token_forward_equals_single_steps() {
     }
 }
 
+/// Decode-size forwards on the host path (plain buffers between Specula's kernels) give the
+/// logits of candle's tensor operations bit for bit, for one token and for several, on every
+/// format whose matrices all run on the kernels (both RoPE styles, with and without biases).
+#[test]
+fn host_path_gives_the_tensor_path_logits_bit_for_bit() {
+    for (name, mut m, _dir) in all_models() {
+        let on_kernels = ["q8_0", "q4_k", "q6_k", "q5_0", "BF16"]
+            .iter()
+            .any(|f| name.contains(f));
+        assert_eq!(m.uses_host_path(), on_kernels, "{name}");
+        let mut run = |host: bool| {
+            m.set_host_path(host);
+            m.reset();
+            let mut out = rows(&m.forward(&SEQ[..3], LogitsSelection::All).unwrap());
+            for &t in &SEQ[3..6] {
+                out.extend(rows(&m.forward(&[t], LogitsSelection::Last).unwrap()));
+            }
+            out.extend(rows(&m.forward(&SEQ[6..12], LogitsSelection::All).unwrap()));
+            out
+        };
+        let (host, tensors) = (run(true), run(false));
+        assert_eq!(host.len(), 12);
+        for (i, (a, b)) in host.iter().zip(&tensors).enumerate() {
+            let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(same, "{name}: position {i} differs by {}", max_abs_diff(a, b));
+        }
+    }
+}
+
 #[test]
 fn logits_selection_and_rollback() {
     let dir = tmp();
