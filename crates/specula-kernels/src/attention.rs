@@ -257,7 +257,7 @@ impl<E: KvElem> Block<'_, E> {
                 if g < G {
                     avx2_scores::<1, 8, E>([qs[g]], self, [&mut scores[g * n..(g + 1) * n]]);
                 }
-                let sums = softmax::<G>(scores, n);
+                let sums = avx2_softmax::<G>(scores, n);
                 // Eight accumulator chains where the head dimension allows (two FMAs per cycle at
                 // four cycles' latency; with four the loop waits on them).
                 let (v, kvh) = (self.v, self.kvh);
@@ -297,19 +297,126 @@ impl<E: KvElem> Block<'_, E> {
     }
 }
 
-/// Turns each head's `n` scores (`scores[g * n..]`) into unnormalised weights `exp(s - max)` and
-/// returns their sums.
+/// Turns each head's `n` scores (`scores[g * n..]`) into unnormalised weights `exp(s - max)`
+/// ([`exp_neg`]) and returns their sums, each over [`LANES`] partial sums (element `t` into
+/// lane `t % 8`) added as in [`dots`]: the order [`avx2_softmax`] computes in, so the same bits.
 #[inline(always)]
 fn softmax<const G: usize>(scores: &mut [f32], n: usize) -> [f32; G] {
     let mut sums = [0f32; G];
     for (sc, sum) in scores.chunks_exact_mut(n).zip(sums.iter_mut()) {
         let max = sc.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        for x in sc.iter_mut() {
-            *x = (*x - max).exp();
-            *sum += *x;
+        let mut part = [0f32; LANES];
+        for (t, x) in sc.iter_mut().enumerate() {
+            *x = exp_neg(*x - max);
+            part[t % LANES] += *x;
         }
+        *sum = lane_sum(part);
     }
     sums
+}
+
+/// `((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))`.
+#[inline(always)]
+fn lane_sum(a: [f32; LANES]) -> f32 {
+    ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))
+}
+
+/// [`softmax`] eight scores at a time (the exponentials were a sixth of a decode step's
+/// attention as calls to the C library's `expf`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn avx2_softmax<const G: usize>(scores: &mut [f32], n: usize) -> [f32; G] {
+    use std::arch::x86_64::*;
+    let mut sums = [0f32; G];
+    let whole = n / LANES * LANES;
+    for (sc, sum) in scores.chunks_exact_mut(n).zip(sums.iter_mut()) {
+        // The maximum does not depend on the order it is taken in.
+        let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
+        for c in sc[..whole].chunks_exact(LANES) {
+            m = _mm256_max_ps(m, _mm256_loadu_ps(c.as_ptr()));
+        }
+        let mut lanes = [0f32; LANES];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), m);
+        let max = sc[whole..]
+            .iter()
+            .chain(&lanes)
+            .fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        let (vmax, mut acc) = (_mm256_set1_ps(max), _mm256_setzero_ps());
+        for c in sc[..whole].chunks_exact_mut(LANES) {
+            let e = avx2_exp_neg(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), vmax));
+            _mm256_storeu_ps(c.as_mut_ptr(), e);
+            acc = _mm256_add_ps(acc, e);
+        }
+        let mut part = [0f32; LANES];
+        _mm256_storeu_ps(part.as_mut_ptr(), acc);
+        for (t, x) in sc[whole..].iter_mut().enumerate() {
+            *x = exp_neg(*x - max);
+            part[t] += *x;
+        }
+        *sum = lane_sum(part);
+    }
+    sums
+}
+
+/// Below this `exp_neg` returns `exp(EXP_MIN)`, the smallest result that is still a normal float
+/// (a softmax weight that small adds nothing next to the maximum's 1).
+const EXP_MIN: f32 = -87.0;
+/// `1.5 * 2^23`: adding it rounds a float of magnitude below 2^22 to an integer (to nearest, ties
+/// to even) in the same way in both builds.
+const ROUNDER: f32 = 12_582_912.0;
+/// ln 2 split into a part exact in a few bits and the rest (Cody and Waite).
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+/// exp(r) ~ 1 + r + r^2 P(r) on |r| <= ln 2 / 2 (the Cephes `expf` coefficients, relative error
+/// about 1e-7).
+const EXP_P: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    0.5,
+];
+
+/// `exp(x)` for `x <= 0` (a softmax weight): `2^k exp(r)` with `k = round(x / ln 2)`, the same
+/// operations (fused multiply-adds included) as [`avx2_exp_neg`], so the same bits.
+#[inline(always)]
+fn exp_neg(x: f32) -> f32 {
+    let x = x.max(EXP_MIN);
+    let k = (x * std::f32::consts::LOG2_E + ROUNDER) - ROUNDER;
+    let r = k.mul_add(-LN2_LO, k.mul_add(-LN2_HI, x));
+    let p = EXP_P[1..].iter().fold(EXP_P[0], |p, &c| p.mul_add(r, c));
+    let y = p.mul_add(r * r, r) + 1.0;
+    y * f32::from_bits(((k as i32 + 127) as u32) << 23)
+}
+
+/// [`exp_neg`] of eight values.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn avx2_exp_neg(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let x = _mm256_max_ps(x, _mm256_set1_ps(EXP_MIN));
+    let rounder = _mm256_set1_ps(ROUNDER);
+    let t = _mm256_add_ps(
+        _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+        rounder,
+    );
+    let k = _mm256_sub_ps(t, rounder);
+    let r = _mm256_fnmadd_ps(k, _mm256_set1_ps(LN2_HI), x);
+    let r = _mm256_fnmadd_ps(k, _mm256_set1_ps(LN2_LO), r);
+    let mut p = _mm256_set1_ps(EXP_P[0]);
+    for &c in &EXP_P[1..] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+    }
+    let y = _mm256_add_ps(
+        _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r),
+        _mm256_set1_ps(1.0),
+    );
+    let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+        _mm256_cvtps_epi32(k),
+        _mm256_set1_epi32(127),
+    ));
+    _mm256_mul_ps(y, _mm256_castsi256_ps(bits))
 }
 
 /// Divides each head's output row by its softmax sum.
@@ -430,6 +537,61 @@ unsafe fn avx2_weighted_sum<const G: usize, const W: usize, E: KvElem>(
         for (g, acc) in acc.iter().enumerate() {
             for (i, a) in acc.iter().enumerate() {
                 _mm256_storeu_ps(o.as_mut_ptr().add(g * hd + c + i * LANES), *a);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `exp_neg` is within a few ulp of the true exponential on the whole range a softmax
+    /// feeds it, and the AVX2 version gives its bits.
+    #[test]
+    fn exp_neg_is_accurate_and_both_builds_agree() {
+        let xs: Vec<f32> = (0..=200_000)
+            .map(|i| -87.0 * i as f32 / 200_000.0)
+            .chain([
+                0.0,
+                -0.0,
+                -1e-30,
+                -0.346_573_6,
+                -0.346_573_62,
+                -86.999,
+                -87.0,
+            ])
+            .collect();
+        for &x in &xs {
+            let (got, want) = (exp_neg(x) as f64, (x as f64).exp());
+            assert!(
+                ((got - want) / want).abs() < 4e-7,
+                "exp({x}) = {got}, want {want}"
+            );
+        }
+        // Below the range: the smallest normal result, never 0, NaN or a denormal.
+        for x in [-88.0, -1e4, f32::NEG_INFINITY] {
+            assert_eq!(exp_neg(x), exp_neg(EXP_MIN));
+        }
+        #[cfg(target_arch = "x86_64")]
+        if crate::Isa::Avx2.is_supported() {
+            for c in xs.chunks(8).filter(|c| c.len() == 8) {
+                let mut out = [0f32; 8];
+                // SAFETY: AVX2 and FMA were detected just above.
+                unsafe {
+                    use std::arch::x86_64::*;
+                    #[target_feature(enable = "avx2,fma")]
+                    unsafe fn run(c: &[f32], out: &mut [f32; 8]) {
+                        _mm256_storeu_ps(
+                            out.as_mut_ptr(),
+                            avx2_exp_neg(_mm256_loadu_ps(c.as_ptr())),
+                        );
+                    }
+                    run(c, &mut out);
+                }
+                for (x, y) in c.iter().zip(out) {
+                    assert_eq!(exp_neg(*x).to_bits(), y.to_bits(), "exp({x})");
+                }
             }
         }
     }

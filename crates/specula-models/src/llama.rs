@@ -256,7 +256,7 @@ impl LlamaModel {
         let eps = self.cfg.rms_norm_eps as f32;
         for (layer, b) in self.blocks.iter().enumerate() {
             let residual = x.clone();
-            let hs = candle_nn::ops::rms_norm(&x, &b.attn_norm, eps)?;
+            let hs = rms_norm(&x, &b.attn_norm, eps)?;
             let [q, k, v] = Linear::forward_many([&b.q, &b.k, &b.v], &hs)?;
             let q = q.reshape((1, n, nh, hd))?.transpose(1, 2)?.contiguous()?;
             let k = k.reshape((1, n, nkv, hd))?.transpose(1, 2)?.contiguous()?;
@@ -301,7 +301,7 @@ impl LlamaModel {
             };
             x = (b.o.forward(&attn)? + residual)?;
             let residual = x.clone();
-            let hs = candle_nn::ops::rms_norm(&x, &b.ffn_norm, eps)?;
+            let hs = rms_norm(&x, &b.ffn_norm, eps)?;
             let [gate, up] = Linear::forward_many([&b.gate, &b.up], &hs)?;
             let gated = swiglu(gate, &up)?;
             x = (b.down.forward(&gated)? + residual)?;
@@ -315,7 +315,7 @@ impl LlamaModel {
         let eps = self.cfg.rms_norm_eps as f32;
         let range = select.range(n);
         let x = x.narrow(1, range.start, range.len())?;
-        let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
+        let x = rms_norm(&x, &self.norm, eps)?;
         let logits = match &self.lm_head_top {
             Some((rows, head)) => {
                 let top = head.forward(&x)?.squeeze(0)?.to_dtype(DType::F32)?; // (selected, rows)
@@ -359,16 +359,28 @@ impl LlamaModel {
         };
         let cfg = &self.cfg;
         let (n, pos) = (tokens.len(), self.cache.len());
-        let (h, nh, nkv, hd) = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        let (h, nh, nkv, hd) = (
+            cfg.hidden_size,
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+        );
         let eps = cfg.rms_norm_eps as f32;
         let scale = (1.0 / (hd as f64).sqrt()) as f32;
         let ids = Tensor::new(tokens, &self.device)?;
         let mut x: Vec<f32> = self.embed.forward(&ids)?.flatten_all()?.to_vec1()?;
         let mut hs = vec![0f32; n * h];
-        let (mut q, mut q_heads, mut attn) = (vec![0f32; n * nh * hd], vec![0f32; n * nh * hd], vec![0f32; n * nh * hd]);
+        let (mut q, mut q_heads, mut attn) = (
+            vec![0f32; n * nh * hd],
+            vec![0f32; n * nh * hd],
+            vec![0f32; n * nh * hd],
+        );
         let (mut k, mut v) = (vec![0f32; n * nkv * hd], vec![0f32; n * nkv * hd]);
         let mut proj = vec![0f32; n * h];
-        let (mut gate, mut up) = (vec![0f32; n * cfg.intermediate_size], vec![0f32; n * cfg.intermediate_size]);
+        let (mut gate, mut up) = (
+            vec![0f32; n * cfg.intermediate_size],
+            vec![0f32; n * cfg.intermediate_size],
+        );
         let (cos_guard, cos_layout) = self.cos.storage_and_layout();
         let (sin_guard, sin_layout) = self.sin.storage_and_layout();
         let half = hd / 2;
@@ -378,10 +390,14 @@ impl LlamaModel {
         for (layer, (b, hl)) in self.blocks.iter().zip(host).enumerate() {
             rms_norm_rows(&x, &hl.attn_norm, eps, &mut hs);
             Linear::host_matmul([&b.q, &b.k, &b.v], &hs, n, [&mut q, &mut k, &mut v])?;
-            for (y, bias) in [(&mut q, &hl.q_bias), (&mut k, &hl.k_bias), (&mut v, &hl.v_bias)] {
+            for (y, bias) in [
+                (&mut q, &hl.q_bias),
+                (&mut k, &hl.k_bias),
+                (&mut v, &hl.v_bias),
+            ] {
                 if let Some(bias) = bias {
                     for row in y.chunks_exact_mut(bias.len()) {
-                        row.iter_mut().zip(bias).for_each(|(y, b)| *y = *y + *b);
+                        row.iter_mut().zip(bias).for_each(|(y, b)| *y += *b);
                     }
                 }
             }
@@ -424,20 +440,50 @@ impl LlamaModel {
 /// `x[i] = x[i] + y[i]`: a residual add as candle's `y + x` computes it (addition commutes
 /// exactly).
 fn add_into(x: &mut [f32], y: &[f32]) {
-    x.iter_mut().zip(y).for_each(|(x, y)| *x = *y + *x);
+    x.iter_mut().zip(y).for_each(|(x, y)| *x += *y);
 }
 
-/// Each `alpha.len()`-wide row of `x` RMS-normalised into `out`, as candle's `rms_norm`
-/// computes it on the CPU (sequential f32 sum of squares, `x / rms * alpha`).
+/// Each `alpha.len()`-wide row of `x` RMS-normalised into `out` (`x / rms * alpha`, as candle's
+/// `rms_norm`). The sum of squares runs over eight partial sums (element `i` into `i % 8`) added
+/// pairwise at the end, which the compiler vectorizes; a row's result depends only on the row.
 fn rms_norm_rows(x: &[f32], alpha: &[f32], eps: f32, out: &mut [f32]) {
     let dim = alpha.len();
     for (row, out) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
-        let sum2 = row.iter().map(|&v| v * v).sum::<f32>();
+        let mut part = [0f32; 8];
+        let chunks = row.chunks_exact(8);
+        let tail = chunks.remainder();
+        for c in chunks {
+            for (p, &v) in part.iter_mut().zip(c) {
+                *p += v * v;
+            }
+        }
+        for (p, &v) in part.iter_mut().zip(tail) {
+            *p += v * v;
+        }
+        let sum2 = ((part[0] + part[1]) + (part[2] + part[3]))
+            + ((part[4] + part[5]) + (part[6] + part[7]));
         let m = (sum2 / dim as f32 + eps).sqrt();
         for ((o, &v), &a) in out.iter_mut().zip(row).zip(alpha) {
             *o = v / m * a;
         }
     }
+}
+
+/// RMS norm of `x` `(.., h)` with weight `alpha` `(h,)`: [`rms_norm_rows`] for f32 on the CPU
+/// (so the tensor path and the host path give the same bits), candle's op elsewhere.
+fn rms_norm(x: &Tensor, alpha: &Tensor, eps: f32) -> candle_core::Result<Tensor> {
+    if !x.device().is_cpu() || x.dtype() != DType::F32 || alpha.dtype() != DType::F32 {
+        return candle_nn::ops::rms_norm(x, alpha, eps);
+    }
+    let x = x.contiguous()?;
+    let mut out = vec![0f32; x.elem_count()];
+    {
+        let (xs, xl) = x.storage_and_layout();
+        let alpha = alpha.contiguous()?;
+        let (als, all) = alpha.storage_and_layout();
+        rms_norm_rows(cpu_f32(&xs, xl)?, cpu_f32(&als, all)?, eps, &mut out);
+    }
+    Tensor::from_vec(out, x.dims(), x.device())
 }
 
 /// RoPE in place on token-major rows of `heads` heads of `hd` values; `cos` / `sin` hold
@@ -524,7 +570,14 @@ fn fused_attention(
             head_dim: hd,
             pos,
         };
-        attend(cpu_f32(&qs, ql)?, k_all, v_all, shape, scale as f32, &mut out)?;
+        attend(
+            cpu_f32(&qs, ql)?,
+            k_all,
+            v_all,
+            shape,
+            scale as f32,
+            &mut out,
+        )?;
     }
     Tensor::from_vec(out, (1, n, heads * hd), q.device())
 }

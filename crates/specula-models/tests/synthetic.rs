@@ -180,7 +180,11 @@ fn host_path_gives_the_tensor_path_logits_bit_for_bit() {
         assert_eq!(host.len(), 12);
         for (i, (a, b)) in host.iter().zip(&tensors).enumerate() {
             let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
-            assert!(same, "{name}: position {i} differs by {}", max_abs_diff(a, b));
+            assert!(
+                same,
+                "{name}: position {i} differs by {}",
+                max_abs_diff(a, b)
+            );
         }
     }
 }
