@@ -70,13 +70,7 @@ impl Linear {
         layers: [&Linear; N],
         x: &Tensor,
     ) -> candle_core::Result<[Tensor; N]> {
-        let mats: Option<Vec<&QMatrix>> = layers
-            .iter()
-            .map(|l| match &l.weight {
-                LinearWeight::Kernel(w) => Some(w.as_ref()),
-                _ => None,
-            })
-            .collect();
+        let mats = quantized_matrices(&layers);
         let mut out = Vec::with_capacity(N);
         match mats {
             Some(mats) if x.device().is_cpu() => {
@@ -163,14 +157,7 @@ impl Linear {
         n: usize,
         mut ys: [&mut [f32]; N],
     ) -> candle_core::Result<()> {
-        let quantized: Option<Vec<&QMatrix>> = layers
-            .iter()
-            .map(|l| match &l.weight {
-                LinearWeight::Kernel(w) => Some(w.as_ref()),
-                _ => None,
-            })
-            .collect();
-        if let Some(mats) = quantized {
+        if let Some(mats) = quantized_matrices(&layers) {
             return QMatrix::matmul_many(&mats, x, n, &mut ys).map_err(candle_core::Error::wrap);
         }
         for (l, y) in layers.iter().zip(ys) {
@@ -213,6 +200,18 @@ impl Linear {
             None => Ok(y),
         }
     }
+}
+
+/// The layers' matrices if every one runs on Specula's quantized kernels (so that they can share
+/// one [`QMatrix::matmul_many`] region).
+fn quantized_matrices<'a>(layers: &[&'a Linear]) -> Option<Vec<&'a QMatrix>> {
+    layers
+        .iter()
+        .map(|l| match &l.weight {
+            LinearWeight::Kernel(w) => Some(w.as_ref()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A weight matrix on Specula's CPU kernels.
