@@ -8,7 +8,7 @@
 
 use crate::avx2::PREFETCH_AHEAD;
 use crate::blocks::{BlockQ8K, BlockQ8_32, Q50_BYTES, Q6K_BYTES, Q80_BYTES};
-use crate::x8::{GROUP, Q4K_SB_BYTES};
+use crate::x8::{GROUP, Q4K_SB_BYTES, Q4K_SB_BYTES_PACKED};
 use std::arch::x86_64::*;
 
 /// One interleaved format.
@@ -184,12 +184,12 @@ unsafe fn dup_lanes(v: __m256i, odd: bool) -> __m256i {
     _mm256_shuffle_epi8(v, ctrl)
 }
 
-/// Q4_K; `V` as for [`Q80`].
+/// Q4_K; `V` as for [`Q80`] (and with it the layout's variant: packed scales).
 pub(crate) struct Q4K<const V: bool>;
 
 impl<const V: bool> X8 for Q4K<V> {
     type Act = BlockQ8K;
-    const SB_BYTES: usize = Q4K_SB_BYTES;
+    const SB_BYTES: usize = if V { Q4K_SB_BYTES_PACKED } else { Q4K_SB_BYTES };
     /// AVX2: five, a k = 4 verification (five rows) in one pass over the weights, about 20 %
     /// cheaper than four rows and then one (L3-resident timing, n = 5). VNNI (32 vector
     /// registers): nine, a k = 8 verification in one pass (n = 9: 115 ns per super-block on one
@@ -287,12 +287,13 @@ impl X8 for Q6K8 {
 /// `mins[j]`: its minimum-weighted chunk sums (Q4_K's two integer parts).
 type Q4KSums<const T: usize> = ([__m256i; T], [__m256i; T]);
 
-/// Plane `8p + i` of a Q4_K super-block split into its low nibbles (vector `16p + i`, chunk `2p`)
-/// and high ones (vector `16p + 8 + i`, chunk `2p + 1`).
+/// Plane `8p + i` of a Q4_K super-block (`V`: the packed-scales variant) split into its low
+/// nibbles (vector `16p + i`, chunk `2p`) and high ones (vector `16p + 8 + i`, chunk `2p + 1`).
 #[inline(always)]
-unsafe fn q4k_plane(sb: *const u8, p: usize, i: usize) -> (__m256i, __m256i) {
+unsafe fn q4k_plane<const V: bool>(sb: *const u8, p: usize, i: usize) -> (__m256i, __m256i) {
     let m4 = _mm256_set1_epi8(0x0f);
-    let v = _mm256_loadu_si256(sb.add(160 + 256 * p + 32 * i) as *const __m256i);
+    let at = if V { 128 } else { 160 };
+    let v = _mm256_loadu_si256(sb.add(at + 256 * p + 32 * i) as *const __m256i);
     (
         _mm256_and_si256(v, m4),
         _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4),
@@ -316,7 +317,7 @@ unsafe fn q4k_sums_avx2<const T: usize, const V: bool>(
         let mut odd = [_mm256_setzero_si256(); T];
         for i in 0..8 {
             prefetch::<Q4K<V>>(sb, 8 * p + i);
-            let (lo, hi) = q4k_plane(sb, p, i);
+            let (lo, hi) = q4k_plane::<V>(sb, p, i);
             for j in 0..T {
                 // Pair sums reach 2 * 15 * 127; eight of them 30480: exact in i16.
                 let qs = &a[j].qs;
@@ -348,6 +349,7 @@ unsafe fn q4k_sums_vnni<const T: usize, const V: bool>(
     a: &[&BlockQ8K; T],
 ) -> Q4KSums<T> {
     let mut sumi = [_mm256_setzero_si256(); T];
+    let scales = unpack6(sb.add(32));
     for p in 0..4 {
         let mut even = [_mm256_setzero_si256(); T];
         let mut odd = [_mm256_setzero_si256(); T];
@@ -360,17 +362,16 @@ unsafe fn q4k_sums_vnni<const T: usize, const V: bool>(
             if T > 1 {
                 prefetch::<Q4K<V>>(sb, 8 * p + i);
             }
-            let (lo, hi) = q4k_plane(sb, p, i);
+            let (lo, hi) = q4k_plane::<V>(sb, p, i);
             for j in 0..T {
                 let qs = &a[j].qs;
                 even[j] = _mm256_dpbusd_epi32(even[j], lo, quad(qs, 16 * p + i));
                 odd[j] = _mm256_dpbusd_epi32(odd[j], hi, quad(qs, 16 * p + 8 + i));
             }
         }
-        // Lane r: (scale of chunk 2p, of chunk 2p + 1) as two u16.
-        let sc = _mm256_cvtepu8_epi16(_mm_loadu_si128(sb.add(32 + 16 * p) as *const __m128i));
-        let sc_even = _mm256_and_si256(sc, _mm256_set1_epi32(0xffff));
-        let sc_odd = _mm256_srli_epi32::<16>(sc);
+        // Lane r: row r's scale of chunk 2p (`sc_even`), of chunk 2p + 1 (`sc_odd`).
+        let sc_even = pick(&Q4K_PICK.even[p], 0x1111_1111, scales);
+        let sc_odd = pick(&Q4K_PICK.odd[p], 0x1111_1111, scales);
         for j in 0..T {
             let s = _mm256_add_epi32(
                 _mm256_mullo_epi32(even[j], sc_even),
@@ -380,14 +381,84 @@ unsafe fn q4k_sums_vnni<const T: usize, const V: bool>(
         }
     }
     let mut summ = [_mm256_setzero_si256(); T];
+    let mins = unpack6(sb.add(80));
     for p in 0..4 {
-        let mn = _mm256_cvtepu8_epi16(_mm_loadu_si128(sb.add(96 + 16 * p) as *const __m128i));
+        // Lane pair r: row r's minimums of chunks 2p and 2p + 1 as two u16.
+        let mn = pick(&Q4K_PICK.mins[p], 0x5555_5555, mins);
         for j in 0..T {
             let cs = (a[j].csums.as_ptr().add(2 * p) as *const i32).read_unaligned();
             summ[j] = _mm256_add_epi32(summ[j], _mm256_madd_epi16(mn, _mm256_set1_epi32(cs)));
         }
     }
     (sumi, summ)
+}
+
+/// Byte indices for [`pick`]ing a Q4_K super-block's scales and minimums, per pair `p` of
+/// chunks, out of the 64 values [`unpack6`] spreads (value `16p + 2r + e`: row `r`, chunk
+/// `2p + e`).
+struct Q4kPick {
+    /// Byte `4r`: row `r`'s value of chunk `2p` (a u32 lane once the rest is zeroed).
+    even: [[u8; 64]; 4],
+    /// Byte `4r`: row `r`'s value of chunk `2p + 1`.
+    odd: [[u8; 64]; 4],
+    /// Byte `2k`: value `16p + k` (u16 lanes: row `r`'s two at lanes `2r`, `2r + 1`).
+    mins: [[u8; 64]; 4],
+}
+
+static Q4K_PICK: Q4kPick = {
+    let mut t = Q4kPick {
+        even: [[0; 64]; 4],
+        odd: [[0; 64]; 4],
+        mins: [[0; 64]; 4],
+    };
+    let mut p = 0;
+    while p < 4 {
+        let mut r = 0;
+        while r < 8 {
+            t.even[p][4 * r] = (16 * p + 2 * r) as u8;
+            t.odd[p][4 * r] = (16 * p + 2 * r + 1) as u8;
+            t.mins[p][4 * r] = (16 * p + 2 * r) as u8;
+            t.mins[p][4 * r + 2] = (16 * p + 2 * r + 1) as u8;
+            r += 1;
+        }
+        p += 1;
+    }
+    t
+};
+
+/// Qword `q` of the result: bytes `6q..6q + 8` of the input, so that its eight 6-bit fields
+/// (bits `48q..48q + 48` of the stream) start at bit `6j` of the qword.
+static SPREAD6: [u8; 64] = {
+    let mut t = [0u8; 64];
+    let mut i = 0;
+    while i < 64 {
+        t[i] = (6 * (i / 8) + i % 8) as u8;
+        i += 1;
+    }
+    t
+};
+
+/// The 64 six-bit values of a packed Q4_K scale stream (48 bytes at `p`, value `i` at bits
+/// `6i..6i + 6`; the 16 bytes read past it lie in the same super-block), one per byte: a byte
+/// permute puts each qword's eight fields in place, a multishift moves field `j` to byte `j`,
+/// and a mask clears the neighbours' bits.
+#[inline(always)]
+unsafe fn unpack6(p: *const u8) -> __m512i {
+    let raw = _mm512_loadu_si512(p as *const __m512i);
+    let spread =
+        _mm512_permutexvar_epi8(_mm512_loadu_si512(SPREAD6.as_ptr() as *const __m512i), raw);
+    let shifts = _mm512_set1_epi64(0x2a24_1e18_120c_0600);
+    _mm512_and_si512(
+        _mm512_multishift_epi64_epi8(shifts, spread),
+        _mm512_set1_epi8(63),
+    )
+}
+
+/// The bytes of `v` at `idx`'s indices in the lanes of `keep` (the rest zero), as 256 bits.
+#[inline(always)]
+unsafe fn pick(idx: &[u8; 64], keep: u64, v: __m512i) -> __m256i {
+    let idx = _mm512_loadu_si512(idx.as_ptr() as *const __m512i);
+    _mm512_castsi512_si256(_mm512_maskz_permutexvar_epi8(keep, idx, v))
 }
 
 /// Runs kernel `K` over groups: `out[r * n + j]` = row `r` . activation row `j`, for the
@@ -425,7 +496,7 @@ unsafe fn drive_avx2<K: X8>(w: &[u8], nb: usize, acts: &[K::Act], n: usize, out:
 
 /// [`drive`] compiled for AVX2 with AVX-512 VNNI (and the sixteen extra vector registers of
 /// AVX-512 VL).
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
 unsafe fn drive_vnni<K: X8>(w: &[u8], nb: usize, acts: &[K::Act], n: usize, out: &mut [f32]) {
     drive::<K>(w, nb, acts, n, out)
 }

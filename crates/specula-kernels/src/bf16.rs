@@ -91,23 +91,21 @@ impl Bf16Matrix {
     }
 
     /// Runs `kernel(weights, out)` over chunks of rows in parallel (`out[r * n + j]` for the
-    /// chunk's rows), then transposes the results into `y`.
+    /// chunk's rows), each chunk storing its columns of `y` ([`crate::Columns`]).
     fn par_rows(&self, n: usize, y: &mut [f32], kernel: impl Fn(&[bf16], &mut [f32]) + Sync) {
         let threads = rayon::current_num_threads().max(1);
         let chunk = self.rows.div_ceil(threads * 4).max(16);
-        crate::with_out_t(n * self.rows, |out_t| {
-            out_t
-                .par_chunks_mut(chunk * n)
-                .enumerate()
-                .for_each(|(c, out)| {
-                    let r0 = c * chunk;
-                    kernel(
-                        &self.data[r0 * self.cols..(r0 + out.len() / n) * self.cols],
-                        out,
-                    );
-                });
-            crate::transpose_into(out_t, n, self.rows, y);
-        });
+        let y = crate::Columns::new(y, n);
+        (0..self.rows)
+            .step_by(chunk)
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .for_each(|r0| {
+                let len = chunk.min(self.rows - r0);
+                let w = &self.data[r0 * self.cols..(r0 + len) * self.cols];
+                // SAFETY: the chunks are disjoint.
+                unsafe { y.fill(r0, len, |out| kernel(w, out)) };
+            });
     }
 
     fn rows_kernel(&self, w: &[bf16], x: &[f32], n: usize, out: &mut [f32]) {

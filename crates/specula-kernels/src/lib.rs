@@ -219,9 +219,11 @@ pub enum Isa {
     Scalar,
     /// x86-64 AVX2 + FMA + F16C (every AVX2 CPU has the last two).
     Avx2,
-    /// [`Isa::Avx2`] plus AVX-512 VNNI on 256-bit registers (AVX-512 F, BW, VL and VNNI: Intel
-    /// Ice Lake and later, AMD Zen 4 and later): the integer dot products of the quantized
-    /// kernels take one `vpdpbusd` where AVX2 needs two or three instructions. Q4_K, Q5_0 and
+    /// [`Isa::Avx2`] plus AVX-512 VNNI on 256-bit registers (AVX-512 F, BW, VL, VNNI and VBMI:
+    /// Intel Ice Lake and later, AMD Zen 4 and later; Cascade Lake, which lacks VBMI, runs
+    /// `Avx2`): the integer dot products of the quantized kernels take one `vpdpbusd` where AVX2
+    /// needs two or three instructions, and Q4_K keeps its scales packed as in the file (VBMI
+    /// unpacks them), so its weights stream 2.7 % fewer bytes. Q4_K, Q5_0 and
     /// Q8_0 give `Avx2`'s results bit for bit; Q6_K runs interleaved here (row by row on `Avx2`),
     /// the same integers summed into floats in another order. A [`Bf16Matrix`] on a CPU that also
     /// has AVX-512 BF16 rounds its activations to bf16 and multiplies with `vdpbf16ps`
@@ -276,6 +278,7 @@ impl Isa {
                     && std::arch::is_x86_feature_detected!("avx512bw")
                     && std::arch::is_x86_feature_detected!("avx512vl")
                     && std::arch::is_x86_feature_detected!("avx512vnni")
+                    && std::arch::is_x86_feature_detected!("avx512vbmi")
             }
             #[cfg(not(target_arch = "x86_64"))]
             Isa::Avx2 | Isa::Avx512Vnni => false,
@@ -300,7 +303,7 @@ pub struct QMatrix {
 thread_local! {
     static ACT_K: RefCell<Vec<BlockQ8K>> = const { RefCell::new(Vec::new()) };
     static ACT_32: RefCell<Vec<BlockQ8_32>> = const { RefCell::new(Vec::new()) };
-    static OUT_T: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static TASK_OUT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static ACT_BF16: RefCell<Vec<half::bf16>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -360,7 +363,7 @@ impl QMatrix {
     fn laid_out(ty: QuantType, rows: usize, cols: usize, data: Vec<u8>, isa: Isa) -> Self {
         let interleaved = x8::supports(ty, isa);
         let data = if interleaved {
-            x8::pack(ty, rows, cols, &data)
+            x8::pack(ty, isa, rows, cols, &data)
         } else {
             AlignedBytes::copy_of(&data)
         };
@@ -377,7 +380,9 @@ impl QMatrix {
     /// The weights in plain GGUF layout.
     fn gguf_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
         if self.interleaved {
-            std::borrow::Cow::Owned(x8::unpack(self.ty, self.rows, self.cols, &self.data))
+            std::borrow::Cow::Owned(x8::unpack(
+                self.ty, self.isa, self.rows, self.cols, &self.data,
+            ))
         } else {
             std::borrow::Cow::Borrowed(&self.data)
         }
@@ -427,7 +432,7 @@ impl QMatrix {
                 });
             }
             if self.interleaved {
-                x8::unpack_row(self.ty, self.cols, &self.data, r, out);
+                x8::unpack_row(self.ty, self.isa, self.cols, &self.data, r, out);
             } else {
                 out.copy_from_slice(&self.data[r * row_bytes..(r + 1) * row_bytes]);
             }
@@ -577,50 +582,52 @@ impl QMatrix {
                     }
                 }
                 let (acts_k, acts_32) = (&*acts_k, &*acts_32);
-                let total: usize = mats.iter().map(|m| m.rows).sum();
-                with_out_t(if n == 1 { 0 } else { n * total }, |out_t| {
-                    // One task per chunk of every matrix, writing the matrix's outputs directly
-                    // (n = 1) or its part of the transposed buffer.
+                // One task per chunk of every matrix: n = 1 writes the matrix's outputs
+                // directly, more rows go through the task's buffer into `y`'s columns.
+                let run = |m: &QMatrix, r0: usize, out: &mut [f32]| {
+                    if k_quant(&m) {
+                        m.rows_from(r0, acts_k, nb_k, n, out);
+                    } else {
+                        m.rows_from(r0, acts_32, nb_32, n, out);
+                    }
+                };
+                if n == 1 {
                     let mut tasks: Vec<(&QMatrix, usize, &mut [f32])> = Vec::new();
-                    let mut rest = &mut out_t[..];
                     for (m, y) in mats.iter().zip(ys.iter_mut()) {
-                        let out: &mut [f32] = if n == 1 {
-                            &mut y[..]
-                        } else {
-                            let (mine, tail) = std::mem::take(&mut rest).split_at_mut(n * m.rows);
-                            rest = tail;
-                            mine
-                        };
                         let chunk = m.chunk_rows();
-                        for (c, o) in out.chunks_mut(chunk * n).enumerate() {
+                        for (c, o) in y.chunks_mut(chunk).enumerate() {
                             tasks.push((*m, c * chunk, o));
                         }
                     }
                     tasks
                         .into_par_iter()
                         .with_max_len(1)
-                        .for_each(|(m, r0, out)| {
-                            if k_quant(&m) {
-                                m.rows_from(r0, acts_k, nb_k, n, out);
-                            } else {
-                                m.rows_from(r0, acts_32, nb_32, n, out);
-                            }
-                        });
-                    if n > 1 {
-                        let mut rest = &out_t[..];
-                        for (m, y) in mats.iter().zip(ys.iter_mut()) {
-                            let (mine, tail) = rest.split_at(n * m.rows);
-                            rest = tail;
-                            transpose_into(mine, n, m.rows, y);
+                        .for_each(|(m, r0, out)| run(m, r0, out));
+                } else {
+                    let outs: Vec<Columns<'_>> =
+                        ys.iter_mut().map(|y| Columns::new(y, n)).collect();
+                    let mut tasks: Vec<(&QMatrix, usize, usize, &Columns<'_>)> = Vec::new();
+                    for (m, y) in mats.iter().zip(&outs) {
+                        let chunk = m.chunk_rows();
+                        for r0 in (0..m.rows).step_by(chunk) {
+                            tasks.push((*m, r0, chunk.min(m.rows - r0), y));
                         }
                     }
-                })
+                    tasks
+                        .into_par_iter()
+                        .with_max_len(1)
+                        // SAFETY: the tasks of one output cover disjoint row ranges.
+                        .for_each(|(m, r0, len, y)| unsafe {
+                            y.fill(r0, len, |out| run(m, r0, out))
+                        });
+                }
             })
         });
         Ok(())
     }
 
-    /// Computes `out_t[r * n + j]` in parallel chunks of weight rows, then transposes into `y`.
+    /// Computes `y` in parallel chunks of weight rows (each through its task's buffer when
+    /// `n > 1`, see [`Columns`]).
     fn run<A: Sync>(&self, acts: &[A], nb: usize, n: usize, y: &mut [f32])
     where
         Self: RowKernel<A>,
@@ -635,14 +642,17 @@ impl QMatrix {
                 });
             return;
         }
-        with_out_t(n * self.rows, |out_t| {
-            out_t
-                .par_chunks_mut(chunk * n)
-                .with_max_len(1)
-                .enumerate()
-                .for_each(|(c, out)| self.rows_from(c * chunk, acts, nb, n, out));
-            transpose_into(out_t, n, self.rows, y);
-        });
+        let y = Columns::new(y, n);
+        (0..self.rows)
+            .step_by(chunk)
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .with_max_len(1)
+            .for_each(|r0| {
+                let len = chunk.min(self.rows - r0);
+                // SAFETY: the chunks are disjoint.
+                unsafe { y.fill(r0, len, |out| self.rows_from(r0, acts, nb, n, out)) };
+            });
     }
 
     /// Rows per parallel task: whole interleaved groups, sixteen tasks per thread (at least 16
@@ -668,7 +678,7 @@ impl QMatrix {
     {
         let at = |r: usize| {
             if self.interleaved {
-                x8::row_offset(self.ty, self.cols, r)
+                x8::row_offset(self.ty, self.isa, self.cols, r)
             } else {
                 r * nb * self.ty.block_bytes()
             }
@@ -712,11 +722,6 @@ pub(crate) fn check_operands(
     Ok(())
 }
 
-/// Runs `f` on the thread's reusable `(rows, n)` output buffer of `len` floats.
-pub(crate) fn with_out_t<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    with_buf(&OUT_T, len, f)
-}
-
 /// The tiles `(first row, rows)` that cover `n` activation rows in as few passes of at most
 /// `max` rows as possible, of balanced sizes (n = 9 with tiles of up to 8: 5 + 4, not 8 + 1,
 /// whose one-row pass costs nearly as much as the eight-row one). A row's arithmetic must not
@@ -736,22 +741,59 @@ pub(crate) fn with_act_bf16<R>(len: usize, f: impl FnOnce(&mut [half::bf16]) -> 
     with_buf(&ACT_BF16, len, f)
 }
 
-/// `y[j * rows + r] = out_t[r * n + j]`, 64 rows at a time so that the writes run along `y`'s rows
-/// (one value per row of `y` at a time stored 600 KB apart for a vocabulary-sized matrix, a cache
-/// and TLB miss each: 3 % of a 9-token forward).
-pub(crate) fn transpose_into(out_t: &[f32], n: usize, rows: usize, y: &mut [f32]) {
-    const BLOCK: usize = 64;
-    for (b, block) in out_t.chunks(BLOCK * n).enumerate() {
-        let r0 = b * BLOCK;
-        let len = block.len() / n;
-        for (j, yj) in y.chunks_exact_mut(rows).enumerate().take(n) {
-            for (d, v) in yj[r0..r0 + len]
-                .iter_mut()
-                .zip(block[j..].iter().step_by(n))
-            {
-                *d = *v;
-            }
+/// The output `y` of a product of `n` activation rows (`n` rows of `rows` floats) shared by
+/// parallel tasks, each of which computes some weight rows for every activation row.
+///
+/// The kernels write a chunk's results weight-row-major (`out[r * n + j]`: all of one weight
+/// row's values together), while `y` wants them by activation row. Each task computes into its
+/// thread's buffer, still in cache, and stores its columns of `y` itself, instead of one thread
+/// transposing the whole product after the parallel region (3 % of a 5-token forward, the other
+/// thread idle meanwhile).
+pub(crate) struct Columns<'a> {
+    ptr: *mut f32,
+    rows: usize,
+    n: usize,
+    _y: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: `Columns` is a `&mut [f32]` shared by tasks that write disjoint parts of it (the
+// contract of `fill`).
+unsafe impl Send for Columns<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for Columns<'_> {}
+
+impl<'a> Columns<'a> {
+    /// `y` as `n` rows (its length a multiple of `n`, which the callers checked).
+    pub(crate) fn new(y: &'a mut [f32], n: usize) -> Self {
+        Columns {
+            ptr: y.as_mut_ptr(),
+            rows: y.len() / n.max(1),
+            n,
+            _y: std::marker::PhantomData,
         }
+    }
+
+    /// Runs `f` on a buffer for weight rows `r0..r0 + len` (`out[r * n + j]`), then stores it as
+    /// `y[j * rows + r0 + r]`. A range past the end of `y` is cut to it.
+    ///
+    /// # Safety
+    /// Calls running at the same time must have disjoint row ranges.
+    pub(crate) unsafe fn fill(&self, r0: usize, len: usize, f: impl FnOnce(&mut [f32])) {
+        let len = len.min(self.rows.saturating_sub(r0));
+        let n = self.n;
+        with_buf(&TASK_OUT, len * n, |out| {
+            f(out);
+            for j in 0..n {
+                // SAFETY: `j * rows + r0 + len <= n * rows`, the length of `y`; no other call
+                // writes these rows.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(self.ptr.add(j * self.rows + r0), len)
+                };
+                for (d, v) in dst.iter_mut().zip(out[j..].iter().step_by(n)) {
+                    *d = *v;
+                }
+            }
+        });
     }
 }
 
@@ -803,7 +845,7 @@ impl RowKernel<BlockQ8K> for QMatrix {
             // Never reached: only AVX2 matrices are interleaved. Unpacking keeps the result right
             // should that ever change.
             _ => {
-                let plain = x8::unpack(self.ty, out.len() / n, self.cols, w);
+                let plain = x8::unpack(self.ty, self.isa, out.len() / n, self.cols, w);
                 self.rows_kernel(&plain, nb, acts, n, out)
             }
         }
@@ -849,7 +891,7 @@ impl RowKernel<BlockQ8_32> for QMatrix {
             // Never reached: only AVX2 matrices are interleaved. Unpacking keeps the result right
             // should that ever change.
             _ => {
-                let plain = x8::unpack(self.ty, out.len() / n, self.cols, w);
+                let plain = x8::unpack(self.ty, self.isa, out.len() / n, self.cols, w);
                 self.rows_kernel(&plain, nb, acts, n, out)
             }
         }

@@ -12,7 +12,7 @@
 //! when `rows` is not a multiple of eight (every row then runs the same instructions, so a matrix
 //! cut to its first rows, [`crate::QMatrix::top_rows`], gives bit-identical results for them). A
 //! group is the sequence of its super-blocks, one per block column ([`sb_bytes`]: as large as the
-//! eight GGUF blocks it replaces, 32 bytes more for Q4_K). Within a super-block, "vector `k`"
+//! eight GGUF blocks it replaces, 32 bytes more for Q4_K on AVX2). Within a super-block, "vector `k`"
 //! means 32 bytes holding weights `4k..4k + 4` of row 0, then of row 1, ..., row 7. A super-block
 //! is:
 //!
@@ -22,10 +22,15 @@
 //!   of vector `2m` (low nibbles) and `2m + 1` (high nibbles) of the unsigned 5-bit values
 //!   `q + 16`; bytes `144..176`: one byte per vector position whose bit `k` is the fifth bit of
 //!   vector `k` there;
-//! * Q4_K, bytes `32..96`: the 6-bit scales as bytes, 16 per pair `p` of 32-weight chunks (row
-//!   `r`'s scales of chunks `2p`, `2p + 1` at bytes `2r`, `2r + 1`); `96..160`: the minimums the
-//!   same way; `160..1184`: 32 planes of nibbles, plane `8c + i` holding vector `16c + i` (chunk
-//!   `2c`) in its low and vector `16c + 8 + i` (chunk `2c + 1`) in its high nibbles;
+//! * Q4_K on AVX2, bytes `32..96`: the 6-bit scales as bytes, 16 per pair `p` of 32-weight
+//!   chunks (row `r`'s scales of chunks `2p`, `2p + 1` at bytes `2r`, `2r + 1`); `96..160`: the
+//!   minimums the same way; `160..1184`: 32 planes of nibbles, plane `8c + i` holding vector
+//!   `16c + i` (chunk `2c`) in its low and vector `16c + 8 + i` (chunk `2c + 1`) in its high
+//!   nibbles;
+//! * Q4_K on AVX-512 VNNI (with VBMI), the same 64 scales and 64 minimums in the same order but
+//!   packed six bits each (value `i` at bits `6i..6i + 6`): scales at `32..80`, minimums at
+//!   `80..128`, then the planes at `128..1152`: as large as the eight GGUF blocks. The kernel
+//!   unpacks each set with one byte permute, one multishift and one mask per super-block;
 //! * Q6_K (VNNI only), bytes `16..144`: the signed scales, 16 per pair `m` of groups of 16
 //!   weights (byte `16 + 16m + 2r + e`: row `r`'s scale of group `2m + e`); `144..1168`: 32 planes of nibbles, plane
 //!   `2g + h` holding the low four bits of the unsigned 6-bit values of vector `4g + 2h` (low
@@ -41,9 +46,19 @@ use rayon::prelude::*;
 /// Rows per interleaved group.
 pub(crate) const GROUP: usize = 8;
 
-/// Bytes of an interleaved Q4_K super-block (eight blocks are 1152: the scales are stored
-/// unpacked).
+/// Bytes of an interleaved Q4_K super-block on AVX2 (eight blocks are 1152: the scales are stored
+/// unpacked, one byte each).
 pub(crate) const Q4K_SB_BYTES: usize = 32 + 128 + 1024;
+
+/// Bytes of an interleaved Q4_K super-block on AVX-512 VNNI: the scales packed six bits each, as
+/// in the GGUF blocks, so the kernel reads no more than the file holds.
+pub(crate) const Q4K_SB_BYTES_PACKED: usize = 32 + 96 + 1024;
+
+/// Whether `ty` on `isa` keeps its scales packed (Q4_K on AVX-512: VBMI's byte permutes and
+/// multishifts unpack them in a few instructions per super-block).
+pub(crate) fn packed_scales(ty: QuantType, isa: Isa) -> bool {
+    ty == QuantType::Q4K && isa == Isa::Avx512Vnni
+}
 
 /// Whether `ty` runs interleaved on `isa`. Q6_K does only with VNNI: on AVX2 its 6-bit values
 /// cost as much to unpack interleaved as row by row (an interleaved AVX2 version measured 25 %
@@ -56,27 +71,30 @@ pub(crate) fn supports(ty: QuantType, isa: Isa) -> bool {
     }
 }
 
-/// Bytes of one super-block (eight rows by one block) of an interleaved `ty`.
-pub(crate) fn sb_bytes(ty: QuantType) -> usize {
+/// Bytes of one super-block (eight rows by one block) of an interleaved `ty` on `isa`.
+pub(crate) fn sb_bytes(ty: QuantType, isa: Isa) -> usize {
     match ty {
+        QuantType::Q4K if packed_scales(ty, isa) => Q4K_SB_BYTES_PACKED,
         QuantType::Q4K => Q4K_SB_BYTES,
         _ => GROUP * ty.block_bytes(),
     }
 }
 
 /// Byte offset of group boundary row `r` (a multiple of eight, or the row count: the end).
-pub(crate) fn row_offset(ty: QuantType, cols: usize, r: usize) -> usize {
-    r.div_ceil(GROUP) * (cols / ty.block_elems()) * sb_bytes(ty)
+pub(crate) fn row_offset(ty: QuantType, isa: Isa, cols: usize, r: usize) -> usize {
+    r.div_ceil(GROUP) * (cols / ty.block_elems()) * sb_bytes(ty, isa)
 }
 
 /// The GGUF bytes of `rows x cols` (row-major blocks) interleaved, the last group padded with
-/// zero blocks. `ty` must be interleaved on some instruction set ([`supports`]).
-pub(crate) fn pack(ty: QuantType, rows: usize, cols: usize, data: &[u8]) -> AlignedBytes {
+/// zero blocks, in `isa`'s variant of the layout. `ty` must be interleaved on some instruction
+/// set ([`supports`]).
+pub(crate) fn pack(ty: QuantType, isa: Isa, rows: usize, cols: usize, data: &[u8]) -> AlignedBytes {
     let bb = ty.block_bytes();
     let nb = cols / ty.block_elems();
     let row_bytes = nb * bb;
-    let sbb = sb_bytes(ty);
-    let mut out = AlignedBytes::zeroed(row_offset(ty, cols, rows));
+    let sbb = sb_bytes(ty, isa);
+    let packed = packed_scales(ty, isa);
+    let mut out = AlignedBytes::zeroed(row_offset(ty, isa, cols, rows));
     let zero = [0u8; Q6K_BYTES];
     // Groups are independent: packing a large model's matrices is a load-time cost worth halving.
     out.par_chunks_mut(nb * sbb)
@@ -94,7 +112,7 @@ pub(crate) fn pack(ty: QuantType, rows: usize, cols: usize, data: &[u8]) -> Alig
                 });
                 match ty {
                     QuantType::Q8_0 => pack_q80(&blocks, sb),
-                    QuantType::Q4K => pack_q4k(&blocks, sb),
+                    QuantType::Q4K => pack_q4k(&blocks, packed, sb),
                     QuantType::Q6K => pack_q6k(&blocks, sb),
                     QuantType::Q5_0 => pack_q50(&blocks, sb),
                 }
@@ -104,25 +122,34 @@ pub(crate) fn pack(ty: QuantType, rows: usize, cols: usize, data: &[u8]) -> Alig
 }
 
 /// The inverse of [`pack`]: plain GGUF bytes of the `rows` rows.
-pub(crate) fn unpack(ty: QuantType, rows: usize, cols: usize, data: &[u8]) -> Vec<u8> {
+pub(crate) fn unpack(ty: QuantType, isa: Isa, rows: usize, cols: usize, data: &[u8]) -> Vec<u8> {
     let row_bytes = (cols / ty.block_elems()) * ty.block_bytes();
     let mut out = vec![0u8; rows * row_bytes];
     for (r, row) in out.chunks_exact_mut(row_bytes).enumerate() {
-        unpack_row(ty, cols, data, r, row);
+        unpack_row(ty, isa, cols, data, r, row);
     }
     out
 }
 
-/// The plain GGUF bytes of row `r` of interleaved `data` into `out` (one row's bytes).
-pub(crate) fn unpack_row(ty: QuantType, cols: usize, data: &[u8], r: usize, out: &mut [u8]) {
+/// The plain GGUF bytes of row `r` of interleaved `data` (`isa`'s variant) into `out` (one row's
+/// bytes).
+pub(crate) fn unpack_row(
+    ty: QuantType,
+    isa: Isa,
+    cols: usize,
+    data: &[u8],
+    r: usize,
+    out: &mut [u8],
+) {
     let bb = ty.block_bytes();
-    let sbb = sb_bytes(ty);
-    let group = &data[row_offset(ty, cols, r - r % GROUP)..];
+    let sbb = sb_bytes(ty, isa);
+    let packed = packed_scales(ty, isa);
+    let group = &data[row_offset(ty, isa, cols, r - r % GROUP)..];
     let lane = r % GROUP;
     for (sb, blk) in group.chunks_exact(sbb).zip(out.chunks_exact_mut(bb)) {
         match ty {
             QuantType::Q8_0 => unpack_q80(sb, lane, blk),
-            QuantType::Q4K => unpack_q4k(sb, lane, blk),
+            QuantType::Q4K => unpack_q4k(sb, packed, lane, blk),
             QuantType::Q6K => unpack_q6k(sb, lane, blk),
             QuantType::Q5_0 => unpack_q50(sb, lane, blk),
         }
@@ -187,20 +214,61 @@ fn unpack_q50(sb: &[u8], r: usize, blk: &mut [u8]) {
     blk[2..6].copy_from_slice(&qh.to_le_bytes());
 }
 
-fn pack_q4k(blocks: &[&[u8]; GROUP], sb: &mut [u8]) {
+/// Index (0..64) of row `r`'s scale (or minimum) of chunk `t` among a Q4_K super-block's 64:
+/// 16 per pair of chunks, row `r`'s two at `2r`, `2r + 1`.
+fn q4k_scale_slot(r: usize, t: usize) -> usize {
+    16 * (t / 2) + 2 * r + t % 2
+}
+
+/// Offset of a Q4_K super-block's quant planes.
+fn q4k_quants_at(packed: bool) -> usize {
+    if packed {
+        128
+    } else {
+        160
+    }
+}
+
+/// Writes 6-bit value `v` as value `i` of the bit stream `bits` (bits `6i..6i + 6`, little
+/// endian).
+fn put6(bits: &mut [u8], i: usize, v: u8) {
+    let word = u16::from(v & 63) << ((6 * i) % 8);
+    let at = 6 * i / 8;
+    bits[at] |= word as u8;
+    if let Some(next) = bits.get_mut(at + 1) {
+        *next |= (word >> 8) as u8;
+    }
+}
+
+/// Value `i` of a bit stream written by [`put6`].
+fn get6(bits: &[u8], i: usize) -> u8 {
+    let at = 6 * i / 8;
+    let word = u16::from(bits[at]) | (u16::from(bits.get(at + 1).copied().unwrap_or(0)) << 8);
+    ((word >> ((6 * i) % 8)) & 63) as u8
+}
+
+/// Interleaves eight Q4_K blocks into `sb` (zeroed: packed values are or-ed in).
+fn pack_q4k(blocks: &[&[u8]; GROUP], packed: bool, sb: &mut [u8]) {
+    let qs_at = q4k_quants_at(packed);
     for (r, blk) in blocks.iter().enumerate() {
         sb[2 * r..2 * r + 2].copy_from_slice(&blk[..2]);
         sb[16 + 2 * r..18 + 2 * r].copy_from_slice(&blk[2..4]);
         let (sc, m) = q4k_scales(&blk[4..16]);
         for t in 0..8 {
-            sb[32 + 16 * (t / 2) + 2 * r + t % 2] = sc[t];
-            sb[96 + 16 * (t / 2) + 2 * r + t % 2] = m[t];
+            let i = q4k_scale_slot(r, t);
+            if packed {
+                put6(&mut sb[32..80], i, sc[t]);
+                put6(&mut sb[80..128], i, m[t]);
+            } else {
+                sb[32 + i] = sc[t];
+                sb[96 + i] = m[t];
+            }
         }
         // Plane 8c + k holds, per row, bytes 4k..4k + 4 of the row's 32-byte run c of quants:
         // their low nibbles are vector 16c + k (chunk 2c), their high ones vector 16c + 8 + k.
         for c in 0..4 {
             for k in 0..8 {
-                let at = 160 + 32 * (8 * c + k) + 4 * r;
+                let at = qs_at + 32 * (8 * c + k) + 4 * r;
                 let from = 16 + 32 * c + 4 * k;
                 sb[at..at + 4].copy_from_slice(&blk[from..from + 4]);
             }
@@ -208,11 +276,20 @@ fn pack_q4k(blocks: &[&[u8]; GROUP], sb: &mut [u8]) {
     }
 }
 
-fn unpack_q4k(sb: &[u8], r: usize, blk: &mut [u8]) {
+fn unpack_q4k(sb: &[u8], packed: bool, r: usize, blk: &mut [u8]) {
+    let qs_at = q4k_quants_at(packed);
     blk[..2].copy_from_slice(&sb[2 * r..2 * r + 2]);
     blk[2..4].copy_from_slice(&sb[16 + 2 * r..18 + 2 * r]);
-    let sc: [u8; 8] = std::array::from_fn(|t| sb[32 + 16 * (t / 2) + 2 * r + t % 2]);
-    let m: [u8; 8] = std::array::from_fn(|t| sb[96 + 16 * (t / 2) + 2 * r + t % 2]);
+    let scale = |t: usize, unpacked_at: usize, packed_at: usize| {
+        let i = q4k_scale_slot(r, t);
+        if packed {
+            get6(&sb[packed_at..packed_at + 48], i)
+        } else {
+            sb[unpacked_at + i]
+        }
+    };
+    let sc: [u8; 8] = std::array::from_fn(|t| scale(t, 32, 32));
+    let m: [u8; 8] = std::array::from_fn(|t| scale(t, 96, 80));
     // The inverse of `q4k_scales`: chunks 0..4 in the low six bits of bytes 0..8, chunks 4..8
     // split into nibbles (bytes 8..12) and top bits (bits 6, 7 of bytes 0..8).
     for j in 0..4 {
@@ -222,7 +299,7 @@ fn unpack_q4k(sb: &[u8], r: usize, blk: &mut [u8]) {
     }
     for c in 0..4 {
         for k in 0..8 {
-            let at = 160 + 32 * (8 * c + k) + 4 * r;
+            let at = qs_at + 32 * (8 * c + k) + 4 * r;
             let to = 16 + 32 * c + 4 * k;
             blk[to..to + 4].copy_from_slice(&sb[at..at + 4]);
         }
@@ -297,32 +374,51 @@ fn unpack_q6k(sb: &[u8], r: usize, blk: &mut [u8]) {
 mod tests {
     use super::*;
 
-    /// Packing then unpacking returns the bytes, for row counts with and without a remainder.
+    /// Packing then unpacking returns the bytes, for row counts with and without a remainder, in
+    /// both variants of the layout (Q4_K's scales one per byte and packed).
     #[test]
     fn unpack_inverts_pack() {
         let mut rng = crate::tests::Rng(0x2545_f491_4f6c_dd1d);
-        for ty in [
-            QuantType::Q4K,
-            QuantType::Q6K,
-            QuantType::Q5_0,
-            QuantType::Q8_0,
-        ] {
-            for (rows, cols) in [(8, 256), (19, 768), (3, 512), (64, 256)] {
-                let len = rows * cols / ty.block_elems() * ty.block_bytes();
-                let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
-                let packed = pack(ty, rows, cols, &data);
-                assert_eq!(packed.len(), row_offset(ty, cols, rows));
-                assert_ne!(
-                    packed[..data.len()],
-                    data,
-                    "{ty:?} {rows}x{cols} not rearranged"
-                );
-                assert_eq!(
-                    unpack(ty, rows, cols, &packed),
-                    data,
-                    "{ty:?} {rows}x{cols}"
-                );
+        for isa in [Isa::Avx2, Isa::Avx512Vnni] {
+            for ty in [
+                QuantType::Q4K,
+                QuantType::Q6K,
+                QuantType::Q5_0,
+                QuantType::Q8_0,
+            ] {
+                for (rows, cols) in [(8, 256), (19, 768), (3, 512), (64, 256)] {
+                    let len = rows * cols / ty.block_elems() * ty.block_bytes();
+                    let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+                    let packed = pack(ty, isa, rows, cols, &data);
+                    assert_eq!(packed.len(), row_offset(ty, isa, cols, rows));
+                    assert_ne!(
+                        packed[..data.len()],
+                        data,
+                        "{ty:?} {rows}x{cols} not rearranged"
+                    );
+                    assert_eq!(
+                        unpack(ty, isa, rows, cols, &packed),
+                        data,
+                        "{ty:?} {isa:?} {rows}x{cols}"
+                    );
+                }
             }
+        }
+    }
+
+    /// The packed Q4_K variant is exactly as large as the GGUF blocks it holds.
+    #[test]
+    fn packed_q4k_scales_take_the_file_bytes() {
+        assert_eq!(
+            sb_bytes(QuantType::Q4K, Isa::Avx512Vnni),
+            GROUP * QuantType::Q4K.block_bytes()
+        );
+        let mut bits = [0u8; 48];
+        for i in 0..64 {
+            put6(&mut bits, i, (i * 37 % 64) as u8);
+        }
+        for i in 0..64 {
+            assert_eq!(get6(&bits, i), (i * 37 % 64) as u8);
         }
     }
 }
