@@ -26,16 +26,28 @@ pub(crate) trait X8 {
 }
 
 /// Asks for cache line `line` of the super-block [`PREFETCH_AHEAD`] bytes past `sb` (a hint: an
-/// address past the matrix does not fault). The kernels spread these over their work, a line or
-/// two per step: issued in one burst per super-block they stalled the loads of the block being
-/// computed (Q6_K, n = 5: 14 GB/s in a burst, 24 spread; n = 1: 17 and 28).
+/// address past the matrix does not fault), and in a tile of several activation rows (`T > 1`)
+/// also for the line [`FAR_AHEAD`] bytes past `sb` into L2. The kernels spread these over their
+/// work, a line or two per step: issued in one burst per super-block they stalled the loads of
+/// the block being computed (Q6_K, n = 5: 14 GB/s in a burst, 24 spread; n = 1: 17 and 28).
 #[inline(always)]
-unsafe fn prefetch<K: X8>(sb: *const u8, line: usize) {
+unsafe fn prefetch<K: X8, const T: usize>(sb: *const u8, line: usize) {
     if line < K::SB_BYTES.div_ceil(64) {
         let ahead = sb.wrapping_add(PREFETCH_AHEAD + 64 * line);
         _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+        if T > 1 {
+            _mm_prefetch::<_MM_HINT_T1>(sb.wrapping_add(FAR_AHEAD + 64 * line) as *const i8);
+        }
     }
 }
+
+/// How far ahead a tile of several activation rows also prefetches into L2. Such a tile takes
+/// several times longer per super-block than a one-row pass, and with the near prefetch alone
+/// its lines arrived late: a second, L2-only request 8 KB ahead made the 1.5B five-token forward
+/// 0.86-0.88x the time (in-process A/B, three runs; 4 KB ahead into L2 alone 0.92x, into L2
+/// instead of L1 0.96x), the nine-token one 0.98-1.00x (compute-bound) and the one-token one
+/// (which keeps the near request only) unchanged.
+const FAR_AHEAD: usize = 2 * PREFETCH_AHEAD;
 
 /// Activation bytes `4k..4k + 4` (of `qs`) in every lane.
 #[inline(always)]
@@ -73,7 +85,7 @@ impl<const V: bool> X8 for Q80<V> {
         let ones = _mm256_set1_epi16(1);
         let mut sumi = [_mm256_setzero_si256(); T];
         for k in 0..8 {
-            prefetch::<Self>(sb, k);
+            prefetch::<Self, T>(sb, k);
             let w = _mm256_loadu_si256(sb.add(16 + 32 * k) as *const __m256i);
             let aw = _mm256_abs_epi8(w);
             for (s, a) in sumi.iter_mut().zip(a) {
@@ -119,8 +131,8 @@ impl<const V: bool> X8 for Q50<V> {
         let h = _mm256_loadu_si256(sb.add(144) as *const __m256i);
         let mut sumi = [_mm256_setzero_si256(); T];
         for half in 0..2 {
-            prefetch::<Self>(sb, 2 * half);
-            prefetch::<Self>(sb, 2 * half + 1);
+            prefetch::<Self, T>(sb, 2 * half);
+            prefetch::<Self, T>(sb, 2 * half + 1);
             let p0 = _mm256_loadu_si256(sb.add(16 + 64 * half) as *const __m256i);
             let p1 = _mm256_loadu_si256(sb.add(48 + 64 * half) as *const __m256i);
             let k0 = 4 * half;
@@ -236,8 +248,8 @@ impl X8 for Q6K8 {
             ];
             for (e, sc_g) in sc_lanes.iter().enumerate() {
                 let g = 2 * m + e;
-                prefetch::<Self>(sb, 2 * g);
-                prefetch::<Self>(sb, 2 * g + 1);
+                prefetch::<Self, T>(sb, 2 * g);
+                prefetch::<Self, T>(sb, 2 * g + 1);
                 let v0 = _mm256_loadu_si256(sb.add(144 + 64 * g) as *const __m256i);
                 let v1 = _mm256_loadu_si256(sb.add(176 + 64 * g) as *const __m256i);
                 let h = _mm256_loadu_si256(sb.add(1168 + 32 * g) as *const __m256i);
@@ -316,7 +328,7 @@ unsafe fn q4k_sums_avx2<const T: usize, const V: bool>(
         let mut even = [_mm256_setzero_si256(); T];
         let mut odd = [_mm256_setzero_si256(); T];
         for i in 0..8 {
-            prefetch::<Q4K<V>>(sb, 8 * p + i);
+            prefetch::<Q4K<V>, T>(sb, 8 * p + i);
             let (lo, hi) = q4k_plane::<V>(sb, p, i);
             for j in 0..T {
                 // Pair sums reach 2 * 15 * 127; eight of them 30480: exact in i16.
@@ -360,7 +372,7 @@ unsafe fn q4k_sums_vnni<const T: usize, const V: bool>(
             // without these, where the five- and nine-row forwards need them (1.07x and 1.30x
             // the time without).
             if T > 1 {
-                prefetch::<Q4K<V>>(sb, 8 * p + i);
+                prefetch::<Q4K<V>, T>(sb, 8 * p + i);
             }
             let (lo, hi) = q4k_plane::<V>(sb, p, i);
             for j in 0..T {
