@@ -473,28 +473,31 @@ unsafe fn pick(idx: &[u8; 64], keep: u64, v: __m512i) -> __m256i {
     _mm512_castsi512_si256(_mm512_maskz_permutexvar_epi8(keep, idx, v))
 }
 
-/// Runs kernel `K` over groups: `out[r * n + j]` = row `r` . activation row `j`, for the
-/// `out.len() / n` rows whose interleaved groups are `w` (the last group may be padded: only its
-/// real rows are written). Inlined into [`drive_avx2`] / [`drive_vnni`], which enable the
+/// Runs kernel `K` over groups: `out[j * rows + r]` = row `r` . activation row `j`, for the
+/// `rows = out.len() / n` rows whose interleaved groups are `w` (the last group may be padded:
+/// only its real rows are written). Activation-major, unlike the row kernels (`out[r * n + j]`):
+/// a tile's eight rows then store with one vector per activation row. Inlined into [`drive_avx2`] / [`drive_vnni`], which enable the
 /// instruction sets.
 #[inline(always)]
 unsafe fn drive<K: X8>(w: &[u8], nb: usize, acts: &[K::Act], n: usize, out: &mut [f32]) {
     let group_bytes = nb * K::SB_BYTES;
+    let rows = out.len() / n;
     // As few passes over a group's weights as the tile allows, of balanced sizes. A row's
     // arithmetic is the same in any tile.
     const { assert!(K::TILE >= 1 && K::TILE <= 9) };
-    for (gw, o) in w.chunks_exact(group_bytes).zip(out.chunks_mut(GROUP * n)) {
+    for (g, gw) in w.chunks_exact(group_bytes).enumerate() {
+        let r0 = g * GROUP;
         for (t0, t) in crate::tiles(n, K::TILE) {
             match t {
-                1 => tile::<K, 1>(gw, nb, acts, n, t0, o),
-                2 => tile::<K, 2>(gw, nb, acts, n, t0, o),
-                3 => tile::<K, 3>(gw, nb, acts, n, t0, o),
-                4 => tile::<K, 4>(gw, nb, acts, n, t0, o),
-                5 => tile::<K, 5>(gw, nb, acts, n, t0, o),
-                6 => tile::<K, 6>(gw, nb, acts, n, t0, o),
-                7 => tile::<K, 7>(gw, nb, acts, n, t0, o),
-                8 => tile::<K, 8>(gw, nb, acts, n, t0, o),
-                _ => tile::<K, 9>(gw, nb, acts, n, t0, o),
+                1 => tile::<K, 1>(gw, nb, acts, t0, rows, r0, out),
+                2 => tile::<K, 2>(gw, nb, acts, t0, rows, r0, out),
+                3 => tile::<K, 3>(gw, nb, acts, t0, rows, r0, out),
+                4 => tile::<K, 4>(gw, nb, acts, t0, rows, r0, out),
+                5 => tile::<K, 5>(gw, nb, acts, t0, rows, r0, out),
+                6 => tile::<K, 6>(gw, nb, acts, t0, rows, r0, out),
+                7 => tile::<K, 7>(gw, nb, acts, t0, rows, r0, out),
+                8 => tile::<K, 8>(gw, nb, acts, t0, rows, r0, out),
+                _ => tile::<K, 9>(gw, nb, acts, t0, rows, r0, out),
             }
         }
     }
@@ -519,20 +522,26 @@ unsafe fn tile<K: X8, const T: usize>(
     gw: &[u8],
     nb: usize,
     acts: &[K::Act],
-    n: usize,
     t0: usize,
-    o: &mut [f32],
+    rows: usize,
+    r0: usize,
+    out: &mut [f32],
 ) {
     let mut acc = [_mm256_setzero_ps(); T];
     for (b, sb) in gw.chunks_exact(K::SB_BYTES).enumerate() {
         let a: [&K::Act; T] = std::array::from_fn(|j| &acts[(t0 + j) * nb + b]);
         K::apply::<T>(sb.as_ptr(), &a, &mut acc);
     }
+    // Activation row j's results for the group's rows are contiguous: one store each.
+    let real = GROUP.min(rows - r0);
     for (j, acc) in acc.iter().enumerate() {
-        let mut lanes = [0f32; GROUP];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), *acc);
-        for (r, v) in lanes.iter().enumerate().take(o.len() / n) {
-            o[r * n + t0 + j] = *v;
+        let dst = &mut out[(t0 + j) * rows + r0..][..real];
+        if real == GROUP {
+            _mm256_storeu_ps(dst.as_mut_ptr(), *acc);
+        } else {
+            let mut lanes = [0f32; GROUP];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), *acc);
+            dst.copy_from_slice(&lanes[..real]);
         }
     }
 }

@@ -104,7 +104,7 @@ impl Bf16Matrix {
                 let len = chunk.min(self.rows - r0);
                 let w = &self.data[r0 * self.cols..(r0 + len) * self.cols];
                 // SAFETY: the chunks are disjoint.
-                unsafe { y.fill(r0, len, |out| kernel(w, out)) };
+                unsafe { y.fill(r0, len, false, |out| kernel(w, out)) };
             });
     }
 

@@ -618,7 +618,7 @@ impl QMatrix {
                         .with_max_len(1)
                         // SAFETY: the tasks of one output cover disjoint row ranges.
                         .for_each(|(m, r0, len, y)| unsafe {
-                            y.fill(r0, len, |out| run(m, r0, out))
+                            y.fill(r0, len, m.interleaved, |out| run(m, r0, out))
                         });
                 }
             })
@@ -651,7 +651,11 @@ impl QMatrix {
             .for_each(|r0| {
                 let len = chunk.min(self.rows - r0);
                 // SAFETY: the chunks are disjoint.
-                unsafe { y.fill(r0, len, |out| self.rows_from(r0, acts, nb, n, out)) };
+                unsafe {
+                    y.fill(r0, len, self.interleaved, |out| {
+                        self.rows_from(r0, acts, nb, n, out)
+                    })
+                };
             });
     }
 
@@ -671,7 +675,8 @@ impl QMatrix {
     }
 
     /// Rows `r0..r0 + out.len() / n` (`r0` a multiple of [`x8::GROUP`]) times the `n`
-    /// activation rows into `out` (`out[r * n + j]`).
+    /// activation rows into `out`: `out[j * rows + r]` for an interleaved matrix, else
+    /// `out[r * n + j]` (the same for `n = 1`).
     fn rows_from<A>(&self, r0: usize, acts: &[A], nb: usize, n: usize, out: &mut [f32])
     where
         Self: RowKernel<A>,
@@ -773,12 +778,20 @@ impl<'a> Columns<'a> {
         }
     }
 
-    /// Runs `f` on a buffer for weight rows `r0..r0 + len` (`out[r * n + j]`), then stores it as
-    /// `y[j * rows + r0 + r]`. A range past the end of `y` is cut to it.
+    /// Runs `f` on a buffer for weight rows `r0..r0 + len`, then stores it as
+    /// `y[j * rows + r0 + r]`. The buffer is activation-major (`out[j * len + r]`: each
+    /// activation row's values one copy) when `act_major`, else weight-row-major
+    /// (`out[r * n + j]`). A range past the end of `y` is cut to it.
     ///
     /// # Safety
     /// Calls running at the same time must have disjoint row ranges.
-    pub(crate) unsafe fn fill(&self, r0: usize, len: usize, f: impl FnOnce(&mut [f32])) {
+    pub(crate) unsafe fn fill(
+        &self,
+        r0: usize,
+        len: usize,
+        act_major: bool,
+        f: impl FnOnce(&mut [f32]),
+    ) {
         let len = len.min(self.rows.saturating_sub(r0));
         let n = self.n;
         with_buf(&TASK_OUT, len * n, |out| {
@@ -789,8 +802,12 @@ impl<'a> Columns<'a> {
                 let dst = unsafe {
                     std::slice::from_raw_parts_mut(self.ptr.add(j * self.rows + r0), len)
                 };
-                for (d, v) in dst.iter_mut().zip(out[j..].iter().step_by(n)) {
-                    *d = *v;
+                if act_major {
+                    dst.copy_from_slice(&out[j * len..(j + 1) * len]);
+                } else {
+                    for (d, v) in dst.iter_mut().zip(out[j..].iter().step_by(n)) {
+                        *d = *v;
+                    }
                 }
             }
         });
@@ -799,9 +816,10 @@ impl<'a> Columns<'a> {
 
 /// Dispatch of one chunk of rows to the kernel of the matrix's type and instruction set.
 trait RowKernel<A> {
-    /// Rows in GGUF layout.
+    /// Rows in GGUF layout, results weight-row-major (`out[r * n + j]`).
     fn rows_kernel(&self, w: &[u8], nb: usize, acts: &[A], n: usize, out: &mut [f32]);
-    /// Rows in the interleaved layout (AVX2 only).
+    /// Rows in the interleaved layout (AVX2 only), results activation-major
+    /// (`out[j * rows + r]`).
     fn x8_kernel(&self, w: &[u8], nb: usize, acts: &[A], n: usize, out: &mut [f32]);
 }
 
@@ -845,8 +863,15 @@ impl RowKernel<BlockQ8K> for QMatrix {
             // Never reached: only AVX2 matrices are interleaved. Unpacking keeps the result right
             // should that ever change.
             _ => {
-                let plain = x8::unpack(self.ty, self.isa, out.len() / n, self.cols, w);
-                self.rows_kernel(&plain, nb, acts, n, out)
+                let rows = out.len() / n;
+                let plain = x8::unpack(self.ty, self.isa, rows, self.cols, w);
+                let mut by_row = vec![0f32; out.len()];
+                self.rows_kernel(&plain, nb, acts, n, &mut by_row);
+                for (r, vals) in by_row.chunks_exact(n).enumerate() {
+                    for (j, v) in vals.iter().enumerate() {
+                        out[j * rows + r] = *v;
+                    }
+                }
             }
         }
     }
@@ -891,8 +916,15 @@ impl RowKernel<BlockQ8_32> for QMatrix {
             // Never reached: only AVX2 matrices are interleaved. Unpacking keeps the result right
             // should that ever change.
             _ => {
-                let plain = x8::unpack(self.ty, self.isa, out.len() / n, self.cols, w);
-                self.rows_kernel(&plain, nb, acts, n, out)
+                let rows = out.len() / n;
+                let plain = x8::unpack(self.ty, self.isa, rows, self.cols, w);
+                let mut by_row = vec![0f32; out.len()];
+                self.rows_kernel(&plain, nb, acts, n, &mut by_row);
+                for (r, vals) in by_row.chunks_exact(n).enumerate() {
+                    for (j, v) in vals.iter().enumerate() {
+                        out[j * rows + r] = *v;
+                    }
+                }
             }
         }
     }
