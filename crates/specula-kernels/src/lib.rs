@@ -814,6 +814,25 @@ impl<'a> Columns<'a> {
     }
 }
 
+impl QMatrix {
+    /// Interleaved rows `w` run on the GGUF-layout kernel (no interleaved kernel for this type
+    /// and instruction set), results activation-major as [`RowKernel::x8_kernel`] gives them.
+    fn unpacked_rows<A>(&self, w: &[u8], nb: usize, acts: &[A], n: usize, out: &mut [f32])
+    where
+        Self: RowKernel<A>,
+    {
+        let rows = out.len() / n;
+        let plain = x8::unpack(self.ty, self.isa, rows, self.cols, w);
+        let mut by_row = vec![0f32; out.len()];
+        self.rows_kernel(&plain, nb, acts, n, &mut by_row);
+        for (r, vals) in by_row.chunks_exact(n).enumerate() {
+            for (j, v) in vals.iter().enumerate() {
+                out[j * rows + r] = *v;
+            }
+        }
+    }
+}
+
 /// Dispatch of one chunk of rows to the kernel of the matrix's type and instruction set.
 trait RowKernel<A> {
     /// Rows in GGUF layout, results weight-row-major (`out[r * n + j]`).
@@ -862,17 +881,7 @@ impl RowKernel<BlockQ8K> for QMatrix {
             },
             // Never reached: only AVX2 matrices are interleaved. Unpacking keeps the result right
             // should that ever change.
-            _ => {
-                let rows = out.len() / n;
-                let plain = x8::unpack(self.ty, self.isa, rows, self.cols, w);
-                let mut by_row = vec![0f32; out.len()];
-                self.rows_kernel(&plain, nb, acts, n, &mut by_row);
-                for (r, vals) in by_row.chunks_exact(n).enumerate() {
-                    for (j, v) in vals.iter().enumerate() {
-                        out[j * rows + r] = *v;
-                    }
-                }
-            }
+            _ => self.unpacked_rows(w, nb, acts, n, out),
         }
     }
 }
@@ -915,17 +924,7 @@ impl RowKernel<BlockQ8_32> for QMatrix {
             },
             // Never reached: only AVX2 matrices are interleaved. Unpacking keeps the result right
             // should that ever change.
-            _ => {
-                let rows = out.len() / n;
-                let plain = x8::unpack(self.ty, self.isa, rows, self.cols, w);
-                let mut by_row = vec![0f32; out.len()];
-                self.rows_kernel(&plain, nb, acts, n, &mut by_row);
-                for (r, vals) in by_row.chunks_exact(n).enumerate() {
-                    for (j, v) in vals.iter().enumerate() {
-                        out[j * rows + r] = *v;
-                    }
-                }
-            }
+            _ => self.unpacked_rows(w, nb, acts, n, out),
         }
     }
 }
