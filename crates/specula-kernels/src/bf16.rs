@@ -96,11 +96,10 @@ impl Bf16Matrix {
         let threads = rayon::current_num_threads().max(1);
         let chunk = self.rows.div_ceil(threads * 4).max(16);
         let y = crate::Columns::new(y, n);
-        (0..self.rows)
-            .step_by(chunk)
-            .collect::<Vec<_>>()
+        (0..self.rows.div_ceil(chunk))
             .into_par_iter()
-            .for_each(|r0| {
+            .for_each(|c| {
+                let r0 = c * chunk;
                 let len = chunk.min(self.rows - r0);
                 let w = &self.data[r0 * self.cols..(r0 + len) * self.cols];
                 // SAFETY: the chunks are disjoint.
