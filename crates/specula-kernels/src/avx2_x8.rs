@@ -8,7 +8,10 @@
 
 use crate::avx2::PREFETCH_AHEAD;
 use crate::blocks::{BlockQ8K, BlockQ8_32, Q50_BYTES, Q6K_BYTES, Q80_BYTES};
-use crate::x8::{GROUP, Q4K_SB_BYTES, Q4K_SB_BYTES_PACKED};
+use crate::x8::{
+    q4k_quants_at, GROUP, Q4K_PACKED_MINS_AT, Q4K_PACKED_SCALES_AT, Q4K_SB_BYTES,
+    Q4K_SB_BYTES_PACKED,
+};
 use std::arch::x86_64::*;
 
 /// One interleaved format.
@@ -304,7 +307,7 @@ type Q4KSums<const T: usize> = ([__m256i; T], [__m256i; T]);
 #[inline(always)]
 unsafe fn q4k_plane<const V: bool>(sb: *const u8, p: usize, i: usize) -> (__m256i, __m256i) {
     let m4 = _mm256_set1_epi8(0x0f);
-    let at = if V { 128 } else { 160 };
+    let at = q4k_quants_at(V);
     let v = _mm256_loadu_si256(sb.add(at + 256 * p + 32 * i) as *const __m256i);
     (
         _mm256_and_si256(v, m4),
@@ -361,7 +364,7 @@ unsafe fn q4k_sums_vnni<const T: usize, const V: bool>(
     a: &[&BlockQ8K; T],
 ) -> Q4KSums<T> {
     let mut sumi = [_mm256_setzero_si256(); T];
-    let scales = unpack6(sb.add(32));
+    let scales = unpack6(sb.add(Q4K_PACKED_SCALES_AT));
     for p in 0..4 {
         let mut even = [_mm256_setzero_si256(); T];
         let mut odd = [_mm256_setzero_si256(); T];
@@ -393,7 +396,7 @@ unsafe fn q4k_sums_vnni<const T: usize, const V: bool>(
         }
     }
     let mut summ = [_mm256_setzero_si256(); T];
-    let mins = unpack6(sb.add(80));
+    let mins = unpack6(sb.add(Q4K_PACKED_MINS_AT));
     for p in 0..4 {
         // Lane pair r: row r's minimums of chunks 2p and 2p + 1 as two u16.
         let mn = pick(&Q4K_PICK.mins[p], 0x5555_5555, mins);

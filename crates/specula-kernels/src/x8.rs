@@ -220,10 +220,16 @@ fn q4k_scale_slot(r: usize, t: usize) -> usize {
     16 * (t / 2) + 2 * r + t % 2
 }
 
-/// Offset of a Q4_K super-block's quant planes.
-fn q4k_quants_at(packed: bool) -> usize {
+/// Offset of the packed scales in a packed-variant Q4_K super-block (48 bytes).
+pub(crate) const Q4K_PACKED_SCALES_AT: usize = 32;
+
+/// Offset of the packed minimums in a packed-variant Q4_K super-block (48 bytes).
+pub(crate) const Q4K_PACKED_MINS_AT: usize = Q4K_PACKED_SCALES_AT + 48;
+
+/// Offset of a Q4_K super-block's quant planes (after the scales, one byte or six bits each).
+pub(crate) const fn q4k_quants_at(packed: bool) -> usize {
     if packed {
-        128
+        Q4K_PACKED_MINS_AT + 48
     } else {
         160
     }
@@ -257,8 +263,8 @@ fn pack_q4k(blocks: &[&[u8]; GROUP], packed: bool, sb: &mut [u8]) {
         for t in 0..8 {
             let i = q4k_scale_slot(r, t);
             if packed {
-                put6(&mut sb[32..80], i, sc[t]);
-                put6(&mut sb[80..128], i, m[t]);
+                put6(&mut sb[Q4K_PACKED_SCALES_AT..Q4K_PACKED_MINS_AT], i, sc[t]);
+                put6(&mut sb[Q4K_PACKED_MINS_AT..qs_at], i, m[t]);
             } else {
                 sb[32 + i] = sc[t];
                 sb[96 + i] = m[t];
@@ -288,8 +294,8 @@ fn unpack_q4k(sb: &[u8], packed: bool, r: usize, blk: &mut [u8]) {
             sb[unpacked_at + i]
         }
     };
-    let sc: [u8; 8] = std::array::from_fn(|t| scale(t, 32, 32));
-    let m: [u8; 8] = std::array::from_fn(|t| scale(t, 96, 80));
+    let sc: [u8; 8] = std::array::from_fn(|t| scale(t, 32, Q4K_PACKED_SCALES_AT));
+    let m: [u8; 8] = std::array::from_fn(|t| scale(t, 96, Q4K_PACKED_MINS_AT));
     // The inverse of `q4k_scales`: chunks 0..4 in the low six bits of bytes 0..8, chunks 4..8
     // split into nibbles (bytes 8..12) and top bits (bits 6, 7 of bytes 0..8).
     for j in 0..4 {
