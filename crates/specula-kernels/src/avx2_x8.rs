@@ -228,19 +228,22 @@ impl<const V: bool> X8 for Q4K<V> {
     }
 }
 
-/// Q6_K, VNNI only (on AVX2 Q6_K keeps the GGUF layout and the row kernel).
-struct Q6K8;
+/// Q6_K; `V` as for [`Q80`].
+pub(crate) struct Q6K8<const V: bool>;
 
-impl X8 for Q6K8 {
+impl<const V: bool> X8 for Q6K8<V> {
     type Act = BlockQ8K;
     const SB_BYTES: usize = GROUP * Q6K_BYTES;
-    /// Nine (n = 9: 144 ns per super-block on one core, 166 as 5 + 4 rows).
+    /// Nine. VNNI: n = 9 took 144 ns per super-block on one core, 166 as 5 + 4 rows. AVX2 (16
+    /// vector registers, so some sums spill at nine): one pass of nine as fast as 5 + 4 or
+    /// 3 + 3 + 3 (Zen 3, L3-resident 8960 x 1536), and n = 5 in one pass of five.
     const TILE: usize = 9;
 
     #[inline(always)]
     unsafe fn apply<const T: usize>(sb: *const u8, a: &[&BlockQ8K; T], acc: &mut [__m256; T]) {
-        let m4 = _mm256_set1_epi8(0x0f);
-        let m30 = _mm256_set1_epi8(0x30);
+        if !V {
+            return q6k_apply_avx2::<T>(sb, a, acc);
+        }
         let mut sumi = [_mm256_setzero_si256(); T];
         for m in 0..8 {
             // Lane r: row r's scales of groups 2m and 2m + 1, as two i16.
@@ -253,26 +256,7 @@ impl X8 for Q6K8 {
                 let g = 2 * m + e;
                 prefetch::<Self, T>(sb, 2 * g);
                 prefetch::<Self, T>(sb, 2 * g + 1);
-                let v0 = _mm256_loadu_si256(sb.add(144 + 64 * g) as *const __m256i);
-                let v1 = _mm256_loadu_si256(sb.add(176 + 64 * g) as *const __m256i);
-                let h = _mm256_loadu_si256(sb.add(1168 + 32 * g) as *const __m256i);
-                // The unsigned 6-bit values of vectors 4g..4g + 4 (16-bit shifts: the bits that
-                // cross into the neighbouring byte are masked off).
-                let q = [
-                    _mm256_or_si256(
-                        _mm256_and_si256(v0, m4),
-                        _mm256_and_si256(_mm256_slli_epi16::<4>(h), m30),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(v0), m4),
-                        _mm256_and_si256(_mm256_slli_epi16::<2>(h), m30),
-                    ),
-                    _mm256_or_si256(_mm256_and_si256(v1, m4), _mm256_and_si256(h, m30)),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(v1), m4),
-                        _mm256_and_si256(_mm256_srli_epi16::<2>(h), m30),
-                    ),
-                ];
+                let q = q6k_group(sb, g);
                 for j in 0..T {
                     let mut s = _mm256_setzero_si256();
                     for (v, q) in q.iter().enumerate() {
@@ -298,6 +282,77 @@ impl X8 for Q6K8 {
     }
 }
 
+/// The unsigned 6-bit values of group `g` of a Q6_K super-block: vector `v` holds values
+/// `4v..4v + 4` of the group in each row's lane.
+#[inline(always)]
+unsafe fn q6k_group(sb: *const u8, g: usize) -> [__m256i; 4] {
+    let m4 = _mm256_set1_epi8(0x0f);
+    let m30 = _mm256_set1_epi8(0x30);
+    let v0 = _mm256_loadu_si256(sb.add(144 + 64 * g) as *const __m256i);
+    let v1 = _mm256_loadu_si256(sb.add(176 + 64 * g) as *const __m256i);
+    let h = _mm256_loadu_si256(sb.add(1168 + 32 * g) as *const __m256i);
+    // 16-bit shifts: the bits that cross into the neighbouring byte are masked off.
+    [
+        _mm256_or_si256(
+            _mm256_and_si256(v0, m4),
+            _mm256_and_si256(_mm256_slli_epi16::<4>(h), m30),
+        ),
+        _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16::<4>(v0), m4),
+            _mm256_and_si256(_mm256_slli_epi16::<2>(h), m30),
+        ),
+        _mm256_or_si256(_mm256_and_si256(v1, m4), _mm256_and_si256(h, m30)),
+        _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16::<4>(v1), m4),
+            _mm256_and_si256(_mm256_srli_epi16::<2>(h), m30),
+        ),
+    ]
+}
+
+/// [`Q6K8`] on AVX2: each group's four products per row pair-summed in i16 (`maddubs`, two at a
+/// time: 2 * 2 * 63 * 127 = 32004 fits), then times the group's scale into i32 (`madd`). The
+/// same exact integers as the VNNI kernel.
+#[inline(always)]
+unsafe fn q6k_apply_avx2<const T: usize>(sb: *const u8, a: &[&BlockQ8K; T], acc: &mut [__m256; T]) {
+    let mut sumi = [_mm256_setzero_si256(); T];
+    for m in 0..8 {
+        // Lane r: row r's scales of groups 2m and 2m + 1, as two i16.
+        let sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(sb.add(16 + 16 * m) as *const __m128i));
+        for e in 0..2 {
+            let g = 2 * m + e;
+            let sc_g = dup_lanes(sc, e == 1);
+            prefetch::<Q6K8<false>, T>(sb, 2 * g);
+            prefetch::<Q6K8<false>, T>(sb, 2 * g + 1);
+            let q = q6k_group(sb, g);
+            for j in 0..T {
+                let qs = &a[j].qs;
+                let p01 = _mm256_add_epi16(
+                    _mm256_maddubs_epi16(q[0], quad(qs, 4 * g)),
+                    _mm256_maddubs_epi16(q[1], quad(qs, 4 * g + 1)),
+                );
+                let p23 = _mm256_add_epi16(
+                    _mm256_maddubs_epi16(q[2], quad(qs, 4 * g + 2)),
+                    _mm256_maddubs_epi16(q[3], quad(qs, 4 * g + 3)),
+                );
+                let s =
+                    _mm256_add_epi32(_mm256_madd_epi16(p01, sc_g), _mm256_madd_epi16(p23, sc_g));
+                sumi[j] = _mm256_add_epi32(sumi[j], s);
+            }
+        }
+        let sc32 = _mm256_slli_epi16::<5>(sc);
+        for j in 0..T {
+            let bs = (a[j].bsums.as_ptr().add(2 * m) as *const i32).read_unaligned();
+            let off = _mm256_madd_epi16(sc32, _mm256_set1_epi32(bs));
+            sumi[j] = _mm256_sub_epi32(sumi[j], off);
+        }
+    }
+    let d = _mm256_cvtph_ps(_mm_loadu_si128(sb as *const __m128i));
+    for j in 0..T {
+        let ad = _mm256_broadcast_ss(&a[j].d);
+        acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(d, ad), _mm256_cvtepi32_ps(sumi[j]), acc[j]);
+    }
+}
+
 /// Lane `r` of `sums[j]`: row `r`'s scale-weighted quant dot with activation block `j`; of
 /// `mins[j]`: its minimum-weighted chunk sums (Q4_K's two integer parts).
 type Q4KSums<const T: usize> = ([__m256i; T], [__m256i; T]);
@@ -315,38 +370,58 @@ unsafe fn q4k_plane<const V: bool>(sb: *const u8, p: usize, i: usize) -> (__m256
     )
 }
 
-/// [`Q4KSums`] on AVX2: 16-bit pair sums per chunk, scaled by `madd`.
+/// [`Q4KSums`] on AVX2: 16-bit pair sums per chunk, scaled by `madd`; the minimums' part after
+/// the main loop, so that fewer sums are live in it. Each pass's eight planes are written out
+/// (`plane!`), so their activation offsets are constants.
 #[inline(always)]
 unsafe fn q4k_sums_avx2<const T: usize, const V: bool>(
     sb: *const u8,
     a: &[&BlockQ8K; T],
 ) -> Q4KSums<T> {
     let mut sumi = [_mm256_setzero_si256(); T];
-    let mut summ = [_mm256_setzero_si256(); T];
     for p in 0..4 {
-        // Lane pair r: row r's scales (minimums) of chunks 2p and 2p + 1.
-        let sc = _mm256_cvtepu8_epi16(_mm_loadu_si128(sb.add(32 + 16 * p) as *const __m128i));
-        let mn = _mm256_cvtepu8_epi16(_mm_loadu_si128(sb.add(96 + 16 * p) as *const __m128i));
-        let (sc_even, sc_odd) = (dup_lanes(sc, false), dup_lanes(sc, true));
         let mut even = [_mm256_setzero_si256(); T];
         let mut odd = [_mm256_setzero_si256(); T];
-        for i in 0..8 {
-            prefetch::<Q4K<V>, T>(sb, 8 * p + i);
-            let (lo, hi) = q4k_plane::<V>(sb, p, i);
-            for j in 0..T {
-                // Pair sums reach 2 * 15 * 127; eight of them 30480: exact in i16.
-                let qs = &a[j].qs;
-                even[j] = _mm256_add_epi16(even[j], _mm256_maddubs_epi16(lo, quad(qs, 16 * p + i)));
-                odd[j] =
-                    _mm256_add_epi16(odd[j], _mm256_maddubs_epi16(hi, quad(qs, 16 * p + 8 + i)));
-            }
+        let qs: [*const i8; T] = std::array::from_fn(|j| a[j].qs.as_ptr().add(64 * p));
+        macro_rules! plane {
+            ($i:literal) => {
+                prefetch::<Q4K<V>, T>(sb, 8 * p + $i);
+                let (lo, hi) = q4k_plane::<V>(sb, p, $i);
+                for j in 0..T {
+                    // Pair sums reach 2 * 15 * 127; eight of them 30480: exact in i16.
+                    let b_lo =
+                        _mm256_set1_epi32((qs[j].add(4 * $i) as *const i32).read_unaligned());
+                    let b_hi =
+                        _mm256_set1_epi32((qs[j].add(32 + 4 * $i) as *const i32).read_unaligned());
+                    even[j] = _mm256_add_epi16(even[j], _mm256_maddubs_epi16(lo, b_lo));
+                    odd[j] = _mm256_add_epi16(odd[j], _mm256_maddubs_epi16(hi, b_hi));
+                }
+            };
         }
+        plane!(0);
+        plane!(1);
+        plane!(2);
+        plane!(3);
+        plane!(4);
+        plane!(5);
+        plane!(6);
+        plane!(7);
+        // Lane pair r: row r's scales of chunks 2p and 2p + 1.
+        let sc = _mm256_cvtepu8_epi16(_mm_loadu_si128(sb.add(32 + 16 * p) as *const __m128i));
+        let (sc_even, sc_odd) = (dup_lanes(sc, false), dup_lanes(sc, true));
         for j in 0..T {
             let s = _mm256_add_epi32(
                 _mm256_madd_epi16(even[j], sc_even),
                 _mm256_madd_epi16(odd[j], sc_odd),
             );
             sumi[j] = _mm256_add_epi32(sumi[j], s);
+        }
+    }
+    let mut summ = [_mm256_setzero_si256(); T];
+    for p in 0..4 {
+        // Lane pair r: row r's minimums of chunks 2p and 2p + 1 as two u16.
+        let mn = _mm256_cvtepu8_epi16(_mm_loadu_si128(sb.add(96 + 16 * p) as *const __m128i));
+        for j in 0..T {
             // (csum of chunk 2p, of chunk 2p + 1) in every lane pair.
             let cs = (a[j].csums.as_ptr().add(2 * p) as *const i32).read_unaligned();
             summ[j] = _mm256_add_epi32(summ[j], _mm256_madd_epi16(mn, _mm256_set1_epi32(cs)));
@@ -566,16 +641,4 @@ pub(crate) unsafe fn rows<A: X8, V: X8<Act = A::Act>>(
     } else {
         drive_avx2::<A>(w, nb, acts, n, out)
     }
-}
-
-/// Interleaved Q6_K groups times Q8_K activation blocks. Safety: the CPU must support AVX2, FMA,
-/// F16C and AVX-512 F, BW, VL and VNNI; `w` and `acts` as for [`rows`].
-pub(crate) unsafe fn rows_q6k_vnni(
-    w: &[u8],
-    nb: usize,
-    acts: &[BlockQ8K],
-    n: usize,
-    out: &mut [f32],
-) {
-    drive_vnni::<Q6K8>(w, nb, acts, n, out)
 }

@@ -844,14 +844,8 @@ trait RowKernel<A> {
 impl RowKernel<BlockQ8K> for QMatrix {
     fn rows_kernel(&self, w: &[u8], nb: usize, acts: &[BlockQ8K], n: usize, out: &mut [f32]) {
         match (self.ty, self.isa) {
-            // Q4_K, Q5_0 and Q8_0 on AVX2 are always interleaved (`x8_kernel`); their plain rows
-            // only ever run on the portable kernels.
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `isa` is Avx2 only after `Isa::is_supported` said so; shapes were checked
-            // in `new` and `matmul`.
-            (QuantType::Q6K, Isa::Avx2 | Isa::Avx512Vnni) => unsafe {
-                avx2::rows_q6k(self.isa == Isa::Avx512Vnni, w, nb, acts, n, out)
-            },
+            // Every type is interleaved on AVX2 (`x8_kernel`); plain rows only ever run on the
+            // portable kernels.
             (QuantType::Q4K, _) => scalar::rows(w, Q4K_BYTES, nb, acts, n, out, scalar::dot_q4k),
             _ => scalar::rows(w, Q6K_BYTES, nb, acts, n, out, scalar::dot_q6k),
         }
@@ -874,9 +868,16 @@ impl RowKernel<BlockQ8K> for QMatrix {
                 )
             },
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: Q6_K is interleaved only on Avx512Vnni, which `Isa::is_supported` confirmed.
-            (QuantType::Q6K, Isa::Avx512Vnni) => unsafe {
-                avx2_x8::rows_q6k_vnni(w, nb, acts, n, out)
+            // SAFETY: as above.
+            (QuantType::Q6K, Isa::Avx2 | Isa::Avx512Vnni) => unsafe {
+                avx2_x8::rows::<avx2_x8::Q6K8<false>, avx2_x8::Q6K8<true>>(
+                    self.isa == Isa::Avx512Vnni,
+                    w,
+                    nb,
+                    acts,
+                    n,
+                    out,
+                )
             },
             // Never reached: only AVX2 matrices are interleaved. Unpacking keeps the result right
             // should that ever change.

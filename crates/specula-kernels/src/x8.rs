@@ -60,14 +60,12 @@ pub(crate) fn packed_scales(ty: QuantType, isa: Isa) -> bool {
     ty == QuantType::Q4K && isa == Isa::Avx512Vnni
 }
 
-/// Whether `ty` runs interleaved on `isa`. Q6_K does only with VNNI: on AVX2 its 6-bit values
-/// cost as much to unpack interleaved as row by row (an interleaved AVX2 version measured 25 %
-/// slower for one row, 30 % for five), while `vpdpbusd` makes the per-row work of the
-/// interleaved layout a third of the row kernel's.
+/// Whether `ty` runs interleaved on `isa`: every type, on AVX2 and above. (Q6_K on AVX2 alone
+/// once kept the GGUF layout and a row kernel; on a Zen 3 host without AVX-512 the interleaved
+/// kernel measured 1.3-1.9x its speed for two to nine rows, see docs/benchmarks.md.)
 pub(crate) fn supports(ty: QuantType, isa: Isa) -> bool {
     match ty {
-        QuantType::Q4K | QuantType::Q5_0 | QuantType::Q8_0 => isa.has_avx2(),
-        QuantType::Q6K => isa == Isa::Avx512Vnni,
+        QuantType::Q4K | QuantType::Q5_0 | QuantType::Q8_0 | QuantType::Q6K => isa.has_avx2(),
     }
 }
 
