@@ -167,9 +167,9 @@ mod avx2 {
             for j in 0..T {
                 let xp = x.as_ptr().add((j0 + j) * cols + c);
                 let (x0, x1) = (_mm256_loadu_ps(xp), _mm256_loadu_ps(xp.add(8)));
-                for i in 0..R {
-                    acc[i][j] = _mm256_fmadd_ps(wv[i].0, x0, acc[i][j]);
-                    acc[i][j] = _mm256_fmadd_ps(wv[i].1, x1, acc[i][j]);
+                for (acc, (w0, w1)) in acc.iter_mut().zip(&wv) {
+                    acc[j] = _mm256_fmadd_ps(*w0, x0, acc[j]);
+                    acc[j] = _mm256_fmadd_ps(*w1, x1, acc[j]);
                 }
             }
             c += 16;
