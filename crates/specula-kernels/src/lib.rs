@@ -6,11 +6,10 @@
 //! * **Weight-stationary.** Each weight block is read from memory and unpacked once per call and
 //!   applied to every activation row (in tiles of 4 or 8), so verifying `n` drafted tokens costs
 //!   far less than `n` single-token forwards — the cost curve speculative decoding lives on.
-//! * **Interleaved rows.** On AVX2, Q4_K, Q5_0 and Q8_0 matrices are rearranged at load into
-//!   groups of eight rows (the `x8` layout: one vector lane per row), so a block's unpacking and
-//!   scaling is shared by eight rows and no horizontal sums are needed (the last group is padded
-//!   with zero rows); with AVX-512 VNNI Q6_K is interleaved too, otherwise it keeps the GGUF
-//!   layout. [`QMatrix::dequantize`] and [`QMatrix::top_rows`] see the GGUF bytes either way.
+//! * **Interleaved rows.** On AVX2, matrices of every type are rearranged at load into groups of
+//!   eight rows (the `x8` layout: one vector lane per row), so a block's unpacking and scaling is
+//!   shared by eight rows and no horizontal sums are needed (the last group is padded with zero
+//!   rows). [`QMatrix::dequantize`] and [`QMatrix::top_rows`] see the GGUF bytes either way.
 //! * **Batch-invariant.** A row's result is bit-identical whatever `n` is and wherever the row
 //!   sits in the batch: activations are quantized per row, each (weight row, activation row) pair
 //!   has its own accumulators, and the instruction sequence never depends on `n`. Greedy
@@ -223,9 +222,9 @@ pub enum Isa {
     /// Intel Ice Lake and later, AMD Zen 4 and later; Cascade Lake, which lacks VBMI, runs
     /// `Avx2`): the integer dot products of the quantized kernels take one `vpdpbusd` where AVX2
     /// needs two or three instructions, and Q4_K keeps its scales packed as in the file (VBMI
-    /// unpacks them), so its weights stream 2.7 % fewer bytes. Q4_K, Q5_0 and
-    /// Q8_0 give `Avx2`'s results bit for bit; Q6_K runs interleaved here (row by row on `Avx2`),
-    /// the same integers summed into floats in another order. A [`Bf16Matrix`] on a CPU that also
+    /// unpacks them), so its weights stream 2.7 % fewer bytes. Every quantized
+    /// type gives `Avx2`'s results bit for bit (the same exact integer sums, the same float
+    /// operations). A [`Bf16Matrix`] on a CPU that also
     /// has AVX-512 BF16 rounds its activations to bf16 and multiplies with `vdpbf16ps`
     /// ([`Bf16Matrix::rounds_activations`]), so its results differ from `Avx2`'s in the last bits.
     Avx512Vnni,

@@ -1,5 +1,5 @@
-//! The interleaved ("x8") layout of Q4_K, Q5_0 and Q8_0 matrices for the AVX2 kernels (and of
-//! Q6_K for the AVX-512 VNNI ones).
+//! The interleaved ("x8") layout of Q4_K, Q6_K, Q5_0 and Q8_0 matrices for the AVX2 and AVX-512
+//! VNNI kernels.
 //!
 //! A 32-weight block of these types carries too little work to hide its own decoding: one row at
 //! a time, the AVX2 kernel spent about 11 cycles per Q5_0 block (4 GB/s per core, so decode was
@@ -31,7 +31,7 @@
 //!   packed six bits each (value `i` at bits `6i..6i + 6`): scales at `32..80`, minimums at
 //!   `80..128`, then the planes at `128..1152`: as large as the eight GGUF blocks. The kernel
 //!   unpacks each set with one byte permute, one multishift and one mask per super-block;
-//! * Q6_K (VNNI only), bytes `16..144`: the signed scales, 16 per pair `m` of groups of 16
+//! * Q6_K, bytes `16..144`: the signed scales, 16 per pair `m` of groups of 16
 //!   weights (byte `16 + 16m + 2r + e`: row `r`'s scale of group `2m + e`); `144..1168`: 32 planes of nibbles, plane
 //!   `2g + h` holding the low four bits of the unsigned 6-bit values of vector `4g + 2h` (low
 //!   nibbles) and `4g + 2h + 1` (high nibbles); `1168..1680`: 16 planes of the top two bits, plane
