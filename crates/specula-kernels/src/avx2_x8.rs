@@ -14,6 +14,21 @@ use crate::x8::{
 };
 use std::arch::x86_64::*;
 
+/// Invokes the local macro `$m` for planes 0 to 7, written out so that each plane's offsets are
+/// constants (`$m!(0); ... $m!(7);`).
+macro_rules! eight_planes {
+    ($m:ident) => {
+        $m!(0);
+        $m!(1);
+        $m!(2);
+        $m!(3);
+        $m!(4);
+        $m!(5);
+        $m!(6);
+        $m!(7);
+    };
+}
+
 /// One interleaved format.
 pub(crate) trait X8 {
     /// The activation block type.
@@ -264,20 +279,44 @@ impl<const V: bool> X8 for Q6K8<V> {
                     sumi[j] = _mm256_add_epi32(sumi[j], _mm256_mullo_epi32(s, *sc_g));
                 }
             }
-            // The `- 32` offset: sum(sc * (q - 32) * a) = sum(sc * q * a) - sum(32 sc * bsum),
-            // the last over the pair of groups in one multiply-add (32 * 128 fits i16).
-            let sc32 = _mm256_slli_epi16::<5>(sc);
-            for j in 0..T {
-                let bs = (a[j].bsums.as_ptr().add(2 * m) as *const i32).read_unaligned();
-                let off = _mm256_madd_epi16(sc32, _mm256_set1_epi32(bs));
-                sumi[j] = _mm256_sub_epi32(sumi[j], off);
-            }
+            q6k_offset(sc, m, a, &mut sumi);
         }
-        let d = _mm256_cvtph_ps(_mm_loadu_si128(sb as *const __m128i));
-        for j in 0..T {
-            let ad = _mm256_broadcast_ss(&a[j].d);
-            acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(d, ad), _mm256_cvtepi32_ps(sumi[j]), acc[j]);
-        }
+        q6k_finish(sb, a, &sumi, acc);
+    }
+}
+
+/// Q6_K's `- 32` offset for the pair `m` of groups, taken off the integer sums:
+/// sum(sc * (q - 32) * a) = sum(sc * q * a) - sum(32 sc * bsum), the last over the pair of groups
+/// in one multiply-add (32 * 128 fits i16). `sc`: lane r holds row r's scales of groups 2m and
+/// 2m + 1 as two i16.
+#[inline(always)]
+unsafe fn q6k_offset<const T: usize>(
+    sc: __m256i,
+    m: usize,
+    a: &[&BlockQ8K; T],
+    sumi: &mut [__m256i; T],
+) {
+    let sc32 = _mm256_slli_epi16::<5>(sc);
+    for j in 0..T {
+        let bs = (a[j].bsums.as_ptr().add(2 * m) as *const i32).read_unaligned();
+        let off = _mm256_madd_epi16(sc32, _mm256_set1_epi32(bs));
+        sumi[j] = _mm256_sub_epi32(sumi[j], off);
+    }
+}
+
+/// Q6_K's float step, the same on every instruction set: `acc[j] += d * a[j].d * sumi[j]`, one
+/// fused multiply-add per super-block.
+#[inline(always)]
+unsafe fn q6k_finish<const T: usize>(
+    sb: *const u8,
+    a: &[&BlockQ8K; T],
+    sumi: &[__m256i; T],
+    acc: &mut [__m256; T],
+) {
+    let d = _mm256_cvtph_ps(_mm_loadu_si128(sb as *const __m128i));
+    for j in 0..T {
+        let ad = _mm256_broadcast_ss(&a[j].d);
+        acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(d, ad), _mm256_cvtepi32_ps(sumi[j]), acc[j]);
     }
 }
 
@@ -338,18 +377,9 @@ unsafe fn q6k_apply_avx2<const T: usize>(sb: *const u8, a: &[&BlockQ8K; T], acc:
                 sumi[j] = _mm256_add_epi32(sumi[j], s);
             }
         }
-        let sc32 = _mm256_slli_epi16::<5>(sc);
-        for j in 0..T {
-            let bs = (a[j].bsums.as_ptr().add(2 * m) as *const i32).read_unaligned();
-            let off = _mm256_madd_epi16(sc32, _mm256_set1_epi32(bs));
-            sumi[j] = _mm256_sub_epi32(sumi[j], off);
-        }
+        q6k_offset(sc, m, a, &mut sumi);
     }
-    let d = _mm256_cvtph_ps(_mm_loadu_si128(sb as *const __m128i));
-    for j in 0..T {
-        let ad = _mm256_broadcast_ss(&a[j].d);
-        acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(d, ad), _mm256_cvtepi32_ps(sumi[j]), acc[j]);
-    }
+    q6k_finish(sb, a, &sumi, acc);
 }
 
 /// Rows per pass of the AVX2 Q4_K kernel: nine, a k = 8 verification in one pass over the
@@ -414,14 +444,7 @@ unsafe fn q4k_sums_avx2<const T: usize, const V: bool>(
                 }
             };
         }
-        plane!(0);
-        plane!(1);
-        plane!(2);
-        plane!(3);
-        plane!(4);
-        plane!(5);
-        plane!(6);
-        plane!(7);
+        eight_planes!(plane);
         // Lane pair r: row r's scales of chunks 2p and 2p + 1.
         let sc = _mm256_cvtepu8_epi16(_mm_loadu_si128(sb.add(32 + 16 * p) as *const __m128i));
         let (sc_even, sc_odd) = (dup_lanes(sc, false), dup_lanes(sc, true));
@@ -485,14 +508,7 @@ unsafe fn q4k_sums_avx2_by_chunk<const T: usize, const V: bool>(
                         }
                     };
                 }
-                plane!(0);
-                plane!(1);
-                plane!(2);
-                plane!(3);
-                plane!(4);
-                plane!(5);
-                plane!(6);
-                plane!(7);
+                eight_planes!(plane);
                 let sc_chunk = dup_lanes(sc, $hi == 1);
                 for j in 0..T {
                     sumi[j] = _mm256_add_epi32(sumi[j], _mm256_madd_epi16(s16[j], sc_chunk));
