@@ -10,8 +10,10 @@
 //! product), of `vpmaddwd` (their scale step) and, where the CPU has AVX-512 VNNI, of ymm
 //! `vpdpbusd`, and prints cycles per instruction. Ten chains are enough to hide any of these
 //! instructions' latency, so the figure is the throughput: 1.00 means one multiply unit (the
-//! AVX2 Zen 2 host of 2026-12-02), 0.50 two. With it, `docs/benchmarks.md` turns a kernel's
-//! instruction count per super-block into its floor.
+//! AVX2 Zen 2 host of 2026-12-02), 0.50 two (Zen 3). With it, `docs/benchmarks.md` turns a
+//! kernel's instruction count per super-block into its floor. Last, it times the AVX2 kernels'
+//! step (an activation broadcast, a `vpmaddubsw`, a `vpaddw`): where that step costs well over
+//! one multiply, the core's instruction throughput and not its multipliers sets the floor.
 
 #[cfg(target_arch = "x86_64")]
 fn main() {
@@ -69,6 +71,72 @@ fn main() {
         // `vpdpbusd` accumulates into its destination: each of the ten is its own chain.
         println!("vpdpbusd ymm:   {:.2} cycles each", ten!("vpdpbusd"));
     }
+
+    // The AVX2 kernels' unit of work: one activation row's four bytes broadcast from memory,
+    // multiplied with a plane of weights (`vpmaddubsw`) and added to that row's 16-bit sum
+    // (`vpaddw`); ten sums, temporaries rotating over five registers, as in the nine- and
+    // five-row tiles. Where this is well above the multiply's own figure, the kernels are bound
+    // by how many vector instructions the core issues, not by its multipliers.
+    let quads = [1u8; 64];
+    macro_rules! step {
+        ($sum:literal, $tmp:literal, $off:literal, $bcast:literal) => {
+            concat!(
+                "vpbroadcastd ymm",
+                $tmp,
+                ", dword ptr [{q} + ",
+                $off,
+                "]\n",
+                "vpmaddubsw ymm",
+                $tmp,
+                ", ymm15, ymm",
+                $bcast,
+                "\n",
+                "vpaddw ymm",
+                $sum,
+                ", ymm",
+                $sum,
+                ", ymm",
+                $tmp,
+                "\n",
+            )
+        };
+    }
+    macro_rules! ten_steps {
+        ($b0:literal, $b1:literal, $b2:literal, $b3:literal, $b4:literal) => {{
+            let t = Instant::now();
+            for _ in 0..ITERS {
+                // SAFETY: AVX2 arithmetic (checked above) and reads of `quads` within its 64
+                // bytes; the clobbered registers are declared.
+                unsafe {
+                    asm!(
+                        step!(0, 10, 0, $b0),
+                        step!(1, 11, 4, $b1),
+                        step!(2, 12, 8, $b2),
+                        step!(3, 13, 12, $b3),
+                        step!(4, 14, 16, $b4),
+                        step!(5, 10, 20, $b0),
+                        step!(6, 11, 24, $b1),
+                        step!(7, 12, 28, $b2),
+                        step!(8, 13, 32, $b3),
+                        step!(9, 14, 36, $b4),
+                        q = in(reg) quads.as_ptr(),
+                        out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _,
+                        out("ymm4") _, out("ymm5") _, out("ymm6") _, out("ymm7") _,
+                        out("ymm8") _, out("ymm9") _, out("ymm10") _, out("ymm11") _,
+                        out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
+                        options(nostack, readonly, preserves_flags),
+                    )
+                };
+            }
+            cycles(t.elapsed().as_secs_f64())
+        }};
+    }
+    // With the broadcast's result as the multiply's operand, and (for comparison) with a
+    // register that no broadcast writes (`ymm15`: the broadcasts are then dead work).
+    let full = ten_steps!(10, 11, 12, 13, 14);
+    let no_bcast = ten_steps!(15, 15, 15, 15, 15);
+    println!("kernel step (broadcast + vpmaddubsw + vpaddw): {full:.2} cycles each");
+    println!("  without the broadcast as operand:             {no_bcast:.2} cycles each");
 }
 
 #[cfg(not(target_arch = "x86_64"))]
