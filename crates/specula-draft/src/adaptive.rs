@@ -905,7 +905,7 @@ mod tests {
         assert!((a[0] - 0.97 * 2.0 / 5.0).abs() < 1e-9, "{a:?}");
         // Positions never reached keep the prior.
         assert!((a[1] - 0.97).abs() < 1e-9, "{a:?}");
-        // Later observations fall back to the decay's weight (0.1 from the tenth on).
+        // Later observations fall back to the decay's weight (0.1 from the eighth on).
         for _ in 0..20 {
             c.observe_source(1, 1, 1, 0.0, 110.0, 0);
         }
