@@ -9,7 +9,7 @@ use specula_core::{
     SamplingParams, StopStringMatcher, TokenId,
 };
 use specula_draft::{
-    AdaptiveConfig, AdaptiveK, Candidate, DraftModel, NgramProposer, Proposal, Proposer,
+    AdaptiveConfig, AdaptiveK, Candidate, DraftModel, NgramProposer, Proposal, Proposer, StepRecord,
 };
 use specula_models::{ChatMessage, DeviceChoice, LoadOptions, ModelError, ModelSource, Tokenizer};
 use specula_verify::AcceptanceStats;
@@ -636,7 +636,15 @@ impl Generator {
                 _ => None,
             };
             batch = match (step, spec.as_mut()) {
-                (Some((source, proposal, draft_ms)), Some(stats)) => {
+                (
+                    Some(Draft {
+                        source,
+                        proposal,
+                        planned,
+                        ms: draft_ms,
+                    }),
+                    Some(stats),
+                ) => {
                     let t1 = Instant::now();
                     // The confidence costs a softmax per row; only the adaptive policy reads it.
                     let verify = if self.adaptive.is_some() {
@@ -667,14 +675,16 @@ impl Generator {
                         if let Some(c) = v.confidence {
                             ctl.observe_confidence(f64::from(c));
                         }
-                        ctl.observe_source(
+                        ctl.observe(&StepRecord {
                             source,
+                            planned,
                             drafted,
                             accepted,
+                            confident: proposal.confident,
                             draft_ms,
-                            forward_ms,
-                            proposal.catch_up,
-                        );
+                            verify_ms: forward_ms,
+                            catch_up: proposal.catch_up,
+                        });
                     }
                     stats.draft_ms += draft_ms;
                     stats.verify_ms += forward_ms;
@@ -721,9 +731,9 @@ impl Generator {
     }
 
     /// Asks the proposers for the next step's draft (up to `max_k` tokens, `horizon` tokens
-    /// expected still): the adaptive controller picks the proposer and length, a fixed draft
-    /// length takes the first non-empty proposal. `None`: a plain step. Returns the proposer's
-    /// index, the proposal and the time spent proposing (ms).
+    /// expected still): the adaptive controller picks the proposer and length (and lets a
+    /// draft model run on while it is confident, [`AdaptiveK::extension`]), a fixed draft
+    /// length takes the first non-empty proposal. `None`: a plain step.
     fn propose(
         proposers: &mut [Box<dyn Proposer>],
         adaptive: Option<&mut AdaptiveK>,
@@ -731,13 +741,18 @@ impl Generator {
         max_k: usize,
         horizon: usize,
         sampler: &LogitsProcessor,
-    ) -> Result<Option<(usize, Proposal, f64)>> {
+    ) -> Result<Option<Draft>> {
         let Some(ctl) = adaptive else {
             let t0 = Instant::now();
             for (i, p) in proposers.iter_mut().enumerate() {
                 let proposal = p.propose(history, max_k, sampler)?;
                 if !proposal.tokens.is_empty() {
-                    return Ok(Some((i, proposal, t0.elapsed().as_secs_f64() * 1e3)));
+                    return Ok(Some(Draft {
+                        source: i,
+                        planned: proposal.tokens.len(),
+                        proposal,
+                        ms: t0.elapsed().as_secs_f64() * 1e3,
+                    }));
                 }
             }
             return Ok(None);
@@ -773,18 +788,42 @@ impl Generator {
             return Ok(None);
         };
         let k = k.min(max_k);
-        let (mut proposal, ms) = match ready.get_mut(source).and_then(Option::take) {
-            Some(done) => done,
+        let (mut proposal, ms, cap) = match ready.get_mut(source).and_then(Option::take) {
+            Some((p, ms)) => (p, ms, k),
             None => {
+                let extension = ctl.extension_for(source, k, max_k);
                 let t0 = Instant::now();
-                let p = proposers[source].propose(history, k, sampler)?;
-                (p, t0.elapsed().as_secs_f64() * 1e3)
+                let p = proposers[source].propose_extended(history, k, extension, sampler)?;
+                (
+                    p,
+                    t0.elapsed().as_secs_f64() * 1e3,
+                    extension.max.clamp(k, max_k),
+                )
             }
         };
-        proposal.tokens.truncate(k);
-        proposal.q.truncate(k);
-        Ok((!proposal.tokens.is_empty()).then_some((source, proposal, ms)))
+        proposal.tokens.truncate(cap);
+        proposal.q.truncate(cap);
+        proposal.confident = proposal.confident.min(cap);
+        Ok((!proposal.tokens.is_empty()).then_some(Draft {
+            source,
+            planned: k,
+            proposal,
+            ms,
+        }))
     }
+}
+
+/// A step's draft ([`Generator::propose`]).
+struct Draft {
+    /// The proposer's index.
+    source: usize,
+    /// The proposal.
+    proposal: Proposal,
+    /// The length planned for it (the adaptive controller's; fewer or, extended, more tokens
+    /// may have been proposed).
+    planned: usize,
+    /// Time spent proposing, ms.
+    ms: f64,
 }
 
 /// Logs the adaptive controller's view of each candidate at `debug` level: acceptance per

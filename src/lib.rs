@@ -32,8 +32,8 @@ pub use generate::{
     MAX_DRAFT_LEN,
 };
 pub use specula_draft::{
-    AdaptiveConfig, AdaptiveK, Candidate, DraftModel, FirstNonEmpty, NgramProposer, Proposal,
-    Proposer, ProposerCosts,
+    AdaptiveConfig, AdaptiveK, Candidate, DraftModel, Extension, FirstNonEmpty, NgramProposer,
+    Proposal, Proposer, ProposerCosts, StepRecord,
 };
 pub use specula_verify::AcceptanceStats;
 pub use stream::TextStreamer;

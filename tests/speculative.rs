@@ -6,8 +6,8 @@ mod common;
 
 use common::{synthetic_tokenizer, ScriptedLm, SlowLm, TableLm};
 use specula::{
-    CausalLm, DraftModel, FinishReason, GenerateParams, Generator, LlamaModel, LogitsProcessor,
-    LogitsSelection, ModelSource, Proposal, Proposer, SamplingParams, TokenId,
+    CausalLm, DraftModel, Extension, FinishReason, GenerateParams, Generator, LlamaModel,
+    LogitsProcessor, LogitsSelection, ModelSource, Proposal, Proposer, SamplingParams, TokenId,
 };
 use specula_models::synthetic::{SyntheticSpec, SyntheticTokenizer};
 use specula_models::{load, LoadOptions};
@@ -58,6 +58,35 @@ impl Proposer for Contrarian {
     }
     fn reset(&mut self) {
         self.0.reset()
+    }
+}
+
+/// A draft model asked for one token and leave to run on, through
+/// [`Proposer::propose_extended`], up to the step's length while each token has at least the
+/// given probability under the draft: where its drafts end depends on what it drafted.
+struct Extending(DraftModel, f32);
+
+impl Proposer for Extending {
+    fn propose(
+        &mut self,
+        context: &[TokenId],
+        k: usize,
+        sampler: &LogitsProcessor,
+    ) -> specula::specula_core::Result<Proposal> {
+        let extension = Extension {
+            max: k,
+            min_confidence: self.1,
+        };
+        self.0.propose_extended(context, 1, extension, sampler)
+    }
+    fn name(&self) -> &str {
+        "extending"
+    }
+    fn reset(&mut self) {
+        self.0.reset()
+    }
+    fn pending(&self, context: &[TokenId]) -> usize {
+        self.0.pending(context)
     }
 }
 
@@ -296,6 +325,28 @@ fn exact_pairs(
     out
 }
 
+/// Exact distribution of the second and third tokens of plain sampling from the table model.
+fn exact_later_pairs(
+    target: &TableLm,
+    params: &SamplingParams,
+    prompt: &[TokenId],
+) -> HashMap<(TokenId, TokenId), f64> {
+    let proc = LogitsProcessor::new(params.clone()).unwrap();
+    let d1 = proc.distribution(&target.row(*prompt.last().unwrap()), prompt);
+    let mut out = HashMap::new();
+    for (a, &pa) in d1.probs().iter().enumerate() {
+        if pa == 0.0 {
+            continue;
+        }
+        let mut h = prompt.to_vec();
+        h.push(a as TokenId);
+        for (key, p) in exact_pairs(target, params, &h) {
+            *out.entry(key).or_default() += pa as f64 * p;
+        }
+    }
+    out
+}
+
 /// Total variation between exact pair probabilities and the empirical frequencies of `n` draws.
 fn total_variation(
     exact: &HashMap<(TokenId, TokenId), f64>,
@@ -479,6 +530,19 @@ fn ngram_composed_and_adaptive_sampling_preserve_the_target_distribution() {
                     )
                     .unwrap()
             }),
+            (
+                "extending draft",
+                Generator::new(target(), tok.clone())
+                    .unwrap()
+                    .with_proposer(
+                        Box::new(Extending(
+                            DraftModel::new(TableLm::new(dr.clone(), 320), 320),
+                            0.5,
+                        )),
+                        3,
+                    )
+                    .unwrap(),
+            ),
             ("adaptive n-gram + draft", {
                 let drafter =
                     DraftModel::new(TableLm::new(dr.clone(), 320), 320).with_min_confidence(0.4);
@@ -509,21 +573,32 @@ fn ngram_composed_and_adaptive_sampling_preserve_the_target_distribution() {
                 g
             }),
         ];
+        // The extending draft is checked on the second and third tokens: its first step plans
+        // one token (the second) and may run on to the third.
+        let later = exact_later_pairs(&TableLm::new(t.clone(), 320), params, &prompt);
         for (name, mut g) in variants {
+            let extending = name == "extending draft";
+            let (exact, first, len) = if extending {
+                (&later, 1, 5)
+            } else {
+                (&exact, 0, 3)
+            };
             let mut counts: HashMap<(TokenId, TokenId), usize> = HashMap::new();
             for seed in 0..n {
                 let p = GenerateParams {
                     ignore_eos: true,
-                    ..GenerateParams::new(3)
+                    ..GenerateParams::new(len)
                 }
                 .sampling(SamplingParams {
                     seed: seed as u64,
                     ..params.clone()
                 });
                 let out = g.generate_from_ids(&prompt, &p, |_| {}).unwrap();
-                *counts.entry((out.tokens[0], out.tokens[1])).or_default() += 1;
+                *counts
+                    .entry((out.tokens[first], out.tokens[first + 1]))
+                    .or_default() += 1;
             }
-            let tv = total_variation(&exact, &counts, n);
+            let tv = total_variation(exact, &counts, n);
             assert!(tv < 0.02, "config {ci}, {name}: total variation {tv:.4}");
             assert!(
                 counts.keys().all(|key| exact.contains_key(key)),
@@ -535,6 +610,10 @@ fn ngram_composed_and_adaptive_sampling_preserve_the_target_distribution() {
                 "{name}: nothing was drafted: {}",
                 st.summary()
             );
+            if name == "extending draft" {
+                // Asked for one token each, it drafted more where it was confident.
+                assert!(st.drafted > st.target_steps, "{name}: {}", st.summary());
+            }
             if name == "ngram+draft" {
                 let names: Vec<&str> = st.per_proposer.iter().map(|(n, _)| n.as_str()).collect();
                 assert!(names.contains(&"ngram"), "{name}: {names:?}");
@@ -589,6 +668,12 @@ fn ngram_composed_and_adaptive_greedy_are_token_identical() {
                     4,
                 )
                 .unwrap(),
+            "extending" => g
+                .with_proposer(
+                    Box::new(Extending(DraftModel::new(draft.clone(), vocab), 0.05)),
+                    6,
+                )
+                .unwrap(),
             "adaptive ngram+draft" => {
                 let mut g = g
                     .with_proposers(vec![Box::new(NgramProposer::default()), drafter()], 6)
@@ -613,7 +698,13 @@ fn ngram_composed_and_adaptive_greedy_are_token_identical() {
             }
         }
     };
-    for mode in ["ngram", "ngram+draft", "adaptive", "adaptive ngram+draft"] {
+    for mode in [
+        "ngram",
+        "ngram+draft",
+        "extending",
+        "adaptive",
+        "adaptive ngram+draft",
+    ] {
         let mut g = build(mode);
         for (p, want) in prompts.iter().zip(&reference) {
             let got = g.generate(p, &greedy(40)).unwrap();
@@ -621,8 +712,62 @@ fn ngram_composed_and_adaptive_greedy_are_token_identical() {
             assert_eq!(got.text, want.text);
             assert_eq!(got.step_tokens.iter().sum::<usize>(), 40);
         }
-        assert!(g.stats().drafted > 0, "{mode}: {}", g.stats().summary());
+        let st = g.stats();
+        assert!(st.drafted > 0, "{mode}: {}", st.summary());
+        if mode == "extending" {
+            // Drafts of one token, of six, and of lengths between: the stop rule did its work.
+            let lens = &st.accept_length_histogram;
+            assert!(st.drafted > st.target_steps, "{mode}: {}", st.summary());
+            assert!(
+                st.position_drafted
+                    .get(5)
+                    .is_some_and(|&n| n < st.target_steps),
+                "{mode}: {lens:?} {:?}",
+                st.position_drafted
+            );
+        }
     }
+}
+
+/// A draft model runs past the planned length only through tokens it is confident of, reports
+/// how many leading tokens were, and without an extension drafts exactly the planned length.
+#[test]
+fn a_draft_model_extends_only_through_confident_tokens() {
+    // 0 -> 1 -> 2 -> 3 with near certainty, then a flat row (3 -> 0 at about 0.29).
+    let table = vec![
+        vec![0.0, 12.0, 0.0, 0.0],
+        vec![0.0, 0.0, 12.0, 0.0],
+        vec![0.0, 0.0, 0.0, 12.0],
+        vec![1.0, 0.9, 0.8, 0.7],
+    ];
+    let mut d = DraftModel::new(TableLm::new(table, 4), 4);
+    let greedy = LogitsProcessor::new(SamplingParams::default()).unwrap();
+    let ext = |max, min_confidence| Extension {
+        max,
+        min_confidence,
+    };
+    let p = d.propose_extended(&[0], 1, ext(6, 0.9), &greedy).unwrap();
+    assert_eq!(p.tokens, vec![1, 2, 3]);
+    assert_eq!(p.confident, 3);
+    // The planned length is drafted whatever the confidence; past it, only while confident.
+    let p = d.propose_extended(&[0], 5, ext(6, 0.9), &greedy).unwrap();
+    assert_eq!(p.tokens, vec![1, 2, 3, 0, 1]);
+    assert_eq!(p.confident, 3);
+    let p = d.propose_extended(&[0], 2, ext(6, 0.1), &greedy).unwrap();
+    assert_eq!(p.tokens, vec![1, 2, 3, 0, 1, 2]);
+    assert_eq!(p.confident, 6);
+    let p = d.propose(&[0], 2, &greedy).unwrap();
+    assert_eq!(p.tokens, vec![1, 2]);
+    assert_eq!(p.confident, 0);
+    // Sampling: the confidence is the drawn token's probability under the draft.
+    let sampling = LogitsProcessor::new(SamplingParams {
+        temperature: 1.0,
+        ..Default::default()
+    })
+    .unwrap();
+    let p = d.propose_extended(&[0], 1, ext(6, 0.9), &sampling).unwrap();
+    assert_eq!(p.tokens, vec![1, 2, 3]);
+    assert_eq!(p.q.len(), 3);
 }
 
 #[test]

@@ -12,7 +12,7 @@
 mod adaptive;
 mod ngram;
 
-pub use adaptive::{AdaptiveConfig, AdaptiveK, Candidate};
+pub use adaptive::{AdaptiveConfig, AdaptiveK, Candidate, StepRecord};
 pub use ngram::{FirstNonEmpty, NgramProposer};
 
 use specula_core::{
@@ -34,6 +34,27 @@ pub struct Proposal {
     /// (a draft model catching up on a prompt or on steps it skipped). Cost models use it to keep
     /// such one-off work out of the per-token draft cost.
     pub catch_up: usize,
+    /// How many leading tokens the proposer gave at least the extension's confidence
+    /// ([`Proposer::propose_extended`]; 0 from [`Proposer::propose`]): the adaptive controller
+    /// learns from them how often such tokens are accepted.
+    pub confident: usize,
+}
+
+/// Leave for a draft to run past its planned length while the proposer is sure of its tokens
+/// ([`Proposer::propose_extended`]).
+///
+/// A draft model's probability of its own token predicts acceptance well: on code, with the
+/// Qwen2.5 pair, every one of 295 drafted tokens it gave 0.9 or more was accepted, against 64 %
+/// of those it gave 0.5-0.7. The adaptive controller plans a length from running averages before
+/// any token is drafted; with an extension, a draft whose tokens all came out confident goes on
+/// to [`max`](Self::max) instead of stopping at a length planned for average text.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Extension {
+    /// The most tokens the draft may reach.
+    pub max: usize,
+    /// A token past the planned length is proposed only when it and every earlier token of the
+    /// draft had at least this probability under the proposer.
+    pub min_confidence: f32,
 }
 
 /// Something that proposes the next tokens of a sequence.
@@ -47,6 +68,21 @@ pub trait Proposer: Send {
         k: usize,
         sampler: &LogitsProcessor,
     ) -> Result<Proposal>;
+    /// As [`propose`](Self::propose), and then, while every token so far had at least
+    /// `extension.min_confidence` under the proposer, on up to `extension.max` tokens. Default:
+    /// [`propose`](Self::propose) (no extension); [`DraftModel`] extends. Never changes the
+    /// output: where a draft stops depends on the draft's own tokens only, which keeps the
+    /// acceptance rule exact.
+    fn propose_extended(
+        &mut self,
+        context: &[TokenId],
+        k: usize,
+        extension: Extension,
+        sampler: &LogitsProcessor,
+    ) -> Result<Proposal> {
+        let _ = extension;
+        self.propose(context, k, sampler)
+    }
     /// A short name for statistics.
     fn name(&self) -> &str;
     /// Forgets all state (called at the start of every request).
@@ -173,11 +209,14 @@ fn softmax_prob(logits: &[f32], token: TokenId) -> f32 {
         .map_or(0.0, |&l| (l - max).exp() / sum)
 }
 
-impl Proposer for DraftModel {
-    fn propose(
+impl DraftModel {
+    /// Drafts `k` tokens, then (with `extension`) on while the draft is confident; see
+    /// [`Proposer::propose_extended`].
+    fn draft(
         &mut self,
         context: &[TokenId],
         k: usize,
+        extension: Option<Extension>,
         sampler: &LogitsProcessor,
     ) -> Result<Proposal> {
         if context.is_empty() {
@@ -191,6 +230,12 @@ impl Proposer for DraftModel {
         if k == 0 {
             return Ok(Proposal::default());
         }
+        // Past `k`, tokens are drafted only while every one so far was confident.
+        let (limit, extend_at) = match extension {
+            Some(e) => (e.max.max(k).min(room), e.min_confidence),
+            None => (k, f32::INFINITY),
+        };
+        let mut all_confident = extension.is_some();
         let feed = &context[keep..];
         if self.vocab_limit.is_some() {
             // The context's rare tokens stay proposable (a prompt's identifiers recur).
@@ -207,11 +252,11 @@ impl Proposer for DraftModel {
             ..Proposal::default()
         };
         let greedy = sampler.params().is_greedy();
-        for i in 0..k {
+        for i in 0..limit {
             let row: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
             let (token, confidence) = if greedy {
                 let t = sampler.greedy_token(&row, &history);
-                let c = if self.min_confidence > 0.0 && i > 0 {
+                let c = if all_confident || (self.min_confidence > 0.0 && i > 0) {
                     softmax_prob(&row, t)
                 } else {
                     1.0
@@ -224,7 +269,8 @@ impl Proposer for DraftModel {
                 out.q.push(q);
                 (t, c)
             };
-            if i > 0 && confidence < self.min_confidence {
+            all_confident &= confidence >= extend_at;
+            if (i > 0 && confidence < self.min_confidence) || (i >= k && !all_confident) {
                 out.q.truncate(out.tokens.len());
                 break;
             }
@@ -234,12 +280,37 @@ impl Proposer for DraftModel {
             }
             out.tokens.push(token);
             history.push(token);
-            if i + 1 < k {
+            if all_confident {
+                out.confident += 1;
+            }
+            // The next token's logits, unless the draft ends here.
+            if i + 1 < k || (i + 1 < limit && all_confident) {
                 logits = self.model.forward(&[token], LogitsSelection::Last)?;
                 self.cached.push(token);
             }
         }
         Ok(out)
+    }
+}
+
+impl Proposer for DraftModel {
+    fn propose(
+        &mut self,
+        context: &[TokenId],
+        k: usize,
+        sampler: &LogitsProcessor,
+    ) -> Result<Proposal> {
+        self.draft(context, k, None, sampler)
+    }
+
+    fn propose_extended(
+        &mut self,
+        context: &[TokenId],
+        k: usize,
+        extension: Extension,
+        sampler: &LogitsProcessor,
+    ) -> Result<Proposal> {
+        self.draft(context, k, Some(extension), sampler)
     }
 
     fn name(&self) -> &str {

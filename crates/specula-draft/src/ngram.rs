@@ -2,7 +2,7 @@
 //! n tokens. No model, almost no cost; pays off where the answer copies from the prompt
 //! (summarisation, retrieval-augmented answers, code edits) or repeats itself.
 
-use crate::{Proposal, Proposer};
+use crate::{Extension, Proposal, Proposer};
 use specula_core::{CoreError, LogitsProcessor, Result, TokenId};
 
 /// The n-gram (prompt lookup) proposer.
@@ -133,15 +133,19 @@ impl FirstNonEmpty {
     }
 }
 
-impl Proposer for FirstNonEmpty {
-    fn propose(
+impl FirstNonEmpty {
+    fn first(
         &mut self,
         context: &[TokenId],
         k: usize,
+        extension: Option<Extension>,
         sampler: &LogitsProcessor,
     ) -> Result<Proposal> {
         for p in &mut self.proposers {
-            let mut proposal = p.propose(context, k, sampler)?;
+            let mut proposal = match extension {
+                Some(e) => p.propose_extended(context, k, e, sampler)?,
+                None => p.propose(context, k, sampler)?,
+            };
             if !proposal.tokens.is_empty() {
                 if proposal.source.is_empty() {
                     proposal.source = p.name().to_string();
@@ -150,6 +154,27 @@ impl Proposer for FirstNonEmpty {
             }
         }
         Ok(Proposal::default())
+    }
+}
+
+impl Proposer for FirstNonEmpty {
+    fn propose(
+        &mut self,
+        context: &[TokenId],
+        k: usize,
+        sampler: &LogitsProcessor,
+    ) -> Result<Proposal> {
+        self.first(context, k, None, sampler)
+    }
+
+    fn propose_extended(
+        &mut self,
+        context: &[TokenId],
+        k: usize,
+        extension: Extension,
+        sampler: &LogitsProcessor,
+    ) -> Result<Proposal> {
+        self.first(context, k, Some(extension), sampler)
     }
 
     fn name(&self) -> &str {
