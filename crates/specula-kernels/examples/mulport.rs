@@ -7,13 +7,14 @@
 //!
 //! Estimates the core clock from a chain of dependent integer adds (one per cycle on every x86
 //! core), then times ten independent chains of `vpmaddubsw` (the AVX2 kernels' byte dot
-//! product), of `vpmaddwd` (their scale step) and, where the CPU has AVX-512 VNNI, of ymm
-//! `vpdpbusd`, and prints cycles per instruction. Ten chains are enough to hide any of these
-//! instructions' latency, so the figure is the throughput: 1.00 means one multiply unit (the
-//! AVX2 Zen 2 host of 2026-12-02), 0.50 two (Zen 3). With it, `docs/benchmarks.md` turns a
-//! kernel's instruction count per super-block into its floor. Last, it times the AVX2 kernels'
-//! step (an activation broadcast, a `vpmaddubsw`, a `vpaddw`): where that step costs well over
-//! one multiply, the core's instruction throughput and not its multipliers sets the floor.
+//! product), of `vpmaddwd` (their scale step), of `vpmulld` (the VNNI kernels' scale step)
+//! and, where the CPU has AVX-512 VNNI, of ymm `vpdpbusd`, and prints cycles per instruction.
+//! Ten chains are enough to hide any of these instructions' latency, so the figure is the
+//! throughput: 1.00 means one multiply unit (the AVX2 Zen 2 host of 2026-12-02), 0.50 two
+//! (Zen 3). With it, `docs/benchmarks.md` turns a kernel's instruction count per super-block
+//! into its floor. Last, it times the AVX2 kernels' step (an activation broadcast, a
+//! `vpmaddubsw`, a `vpaddw`): where that step costs well over one multiply, the core's
+//! instruction throughput and not its multipliers sets the floor.
 
 #[cfg(target_arch = "x86_64")]
 fn main() {
@@ -67,6 +68,8 @@ fn main() {
     }
     println!("vpmaddubsw ymm: {:.2} cycles each", ten!("vpmaddubsw"));
     println!("vpmaddwd ymm:   {:.2} cycles each", ten!("vpmaddwd"));
+    // The VNNI kernels' scale step: a chunk's 32-bit dot products times the rows' scales.
+    println!("vpmulld ymm:    {:.2} cycles each", ten!("vpmulld"));
     if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
         // `vpdpbusd` accumulates into its destination: each of the ten is its own chain.
         println!("vpdpbusd ymm:   {:.2} cycles each", ten!("vpdpbusd"));

@@ -8,7 +8,9 @@
 //! Builds enough random matrices of the given type and shape to fill `MB` megabytes (default 400,
 //! far more than any cache), multiplies each by `n` activation rows in turn, and prints the weight
 //! bytes read per second: the median and range over 11 timed passes after one warm-up pass.
-//! `RAYON_NUM_THREADS` sets the thread count (default 2).
+//! `RAYON_NUM_THREADS` sets the thread count (default 2) and `PASSES` the number of timed
+//! passes (with `MB` 0 and a small matrix, many passes time the kernel on cache-resident
+//! weights).
 
 use specula_kernels::QuantType;
 use std::time::Instant;
@@ -58,8 +60,13 @@ fn main() -> Result<(), String> {
         .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
         .collect();
     let mut y = vec![0f32; n * rows];
+    let passes = std::env::var("PASSES")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(11)
+        .max(1);
     let mut rates = Vec::new();
-    for pass in 0..12 {
+    for pass in 0..=passes {
         let t = Instant::now();
         for m in &ms {
             m.matmul(&x, n, &mut y).map_err(|e| e.to_string())?;
